@@ -1,0 +1,256 @@
+//! The privileged parent: opens the disk and the output files, runs the
+//! confined parse child, checks everything it sends, and writes the result
+//! only when every byte has arrived. dom0 side.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::boot::{Mode, Request, Selection};
+use crate::cli::{BootArgs, ListArgs};
+use crate::cmdline;
+use crate::disk::Disk;
+use crate::error::{Error, Fault};
+use crate::ipc::{Listing, Plan, Tag};
+use crate::limits::{DEFAULT_MAX_INITRD, DEFAULT_MAX_KERNEL, MAX_CMDLINE};
+use crate::output::{self, BootResult, OutFile, OutputDir, ResultSink};
+use crate::sandbox::{self, Confinement};
+
+fn open_disk(path: &std::path::Path) -> Result<Disk, Error> {
+    Disk::open(path).map_err(|e| Error::host(format!("cannot open disk {}", path.display()), e))
+}
+
+fn guest(message: String) -> Error {
+    Error::Reported {
+        fault: Fault::Guest,
+        message,
+    }
+}
+
+/// A file being received from the child.
+struct Incoming {
+    file: Option<OutFile>,
+    expected: u64,
+    received: u64,
+}
+
+impl Incoming {
+    fn new(dir: Option<&OutputDir>, prefix: &str, expected: u64) -> Result<Incoming, Error> {
+        let file = dir.map(|d| d.create(prefix)).transpose()?;
+        Ok(Incoming {
+            file,
+            expected,
+            received: 0,
+        })
+    }
+
+    fn take(&mut self, what: &str, data: &[u8]) -> Result<(), Error> {
+        let n = u64::try_from(data.len()).unwrap_or(u64::MAX);
+        self.received = self.received.saturating_add(n);
+        if self.received > self.expected {
+            return Err(guest(format!(
+                "the parser sent more {what} data than the {} bytes announced",
+                self.expected
+            )));
+        }
+        if let Some(f) = &mut self.file {
+            f.file()
+                .write_all(data)
+                .map_err(|e| Error::host(format!("writing the {what} copy"), e))?;
+        }
+        Ok(())
+    }
+
+    fn finish(self, what: &str) -> Result<Option<PathBuf>, Error> {
+        if self.received != self.expected {
+            return Err(guest(format!(
+                "the parser sent {} of {} {what} bytes",
+                self.received, self.expected
+            )));
+        }
+        self.file.map(OutFile::keep).transpose()
+    }
+}
+
+/// Re-check a plan from the (untrusted) child.
+fn check_plan(p: &Plan, a: &BootArgs) -> Result<(), Error> {
+    if p.kernel_len > a.max_kernel_size {
+        return Err(guest(format!(
+            "kernel is {} bytes, over the {}-byte limit",
+            p.kernel_len, a.max_kernel_size
+        )));
+    }
+    if let Some((_, len)) = &p.initrd
+        && *len > a.max_initrd_size
+    {
+        return Err(guest(format!(
+            "initrd is {len} bytes, over the {}-byte limit",
+            a.max_initrd_size
+        )));
+    }
+    cmdline::check_value("command line", &p.cmdline).map_err(|e| guest(e.to_string()))?;
+    if p.cmdline.len() > MAX_CMDLINE {
+        return Err(guest(format!(
+            "command line is {} bytes; a PV guest receives at most {MAX_CMDLINE}",
+            p.cmdline.len()
+        )));
+    }
+    Ok(())
+}
+
+fn output_dir(a: &BootArgs) -> Result<OutputDir, Error> {
+    match &a.output_directory {
+        Some(d) => OutputDir::open(d),
+        None => {
+            let d = tempfile::Builder::new()
+                .prefix("nixboot.")
+                .tempdir()
+                .map_err(|e| Error::host("creating a private output directory", e))?
+                .keep();
+            log::info!("no --output-directory; copying into {}", d.display());
+            OutputDir::open(&d)
+        }
+    }
+}
+
+/// The default command: boot (libxl's argv).
+pub fn boot(a: &BootArgs) -> Result<(), Error> {
+    if a.runas == Some(0) {
+        return Err(Error::Usage(
+            "--runas=0 would not drop privileges; give the restricted user's uid".into(),
+        ));
+    }
+    let disk_path = a.disk.as_ref().ok_or_else(|| Error::Usage("no disk given".into()))?;
+    let dir = if a.not_really { None } else { Some(output_dir(a)?) };
+    let sink = if a.not_really {
+        None
+    } else {
+        Some(ResultSink::open(a.output.as_deref())?)
+    };
+    let disk = open_disk(disk_path)?;
+    let selection = match (&a.kernel, &a.entry) {
+        (Some(k), _) => Selection::Paths {
+            kernel: k.clone(),
+            ramdisk: a.ramdisk.clone(),
+        },
+        (None, Some(e)) => Selection::Entry(e.clone()),
+        (None, None) => Selection::Default,
+    };
+    let request = Request {
+        mode: Mode::Boot,
+        offset: a.offset,
+        selection,
+        args: a.args.clone(),
+        max_kernel: a.max_kernel_size,
+        max_initrd: a.max_initrd_size,
+        send_data: !a.not_really,
+    };
+    let confinement = Confinement {
+        runas: a.runas,
+        verbosity: a.verbosity(),
+    };
+    let mut plan: Option<Plan> = None;
+    let mut kernel: Option<Incoming> = None;
+    let mut initrd: Option<Incoming> = None;
+    sandbox::run_child(&disk, &request, &confinement, |tag, data| match tag {
+        Tag::Plan if plan.is_none() => {
+            let p: Plan =
+                serde_json::from_slice(data).map_err(|e| guest(format!("the parser sent a malformed plan ({e})")))?;
+            check_plan(&p, a)?;
+            if request.send_data {
+                kernel = Some(Incoming::new(dir.as_ref(), "boot_kernel.", p.kernel_len)?);
+                initrd = p
+                    .initrd
+                    .as_ref()
+                    .map(|(_, len)| Incoming::new(dir.as_ref(), "boot_ramdisk.", *len))
+                    .transpose()?;
+            }
+            plan = Some(p);
+            Ok(())
+        }
+        Tag::Kernel => kernel
+            .as_mut()
+            .ok_or_else(|| guest("unexpected kernel data".into()))?
+            .take("kernel", data),
+        Tag::Initrd => initrd
+            .as_mut()
+            .ok_or_else(|| guest("unexpected initrd data".into()))?
+            .take("initrd", data),
+        _ => Err(guest("the parser sent an unexpected frame".into())),
+    })?;
+    let plan = plan.ok_or_else(|| guest("the parser finished without choosing an entry".into()))?;
+    log::info!("booting {} from {}", plan.label, plan.found_in);
+    log::info!("kernel {} ({} bytes)", plan.kernel, plan.kernel_len);
+    if let Some((p, len)) = &plan.initrd {
+        log::info!("initrd {p} ({len} bytes)");
+    }
+    log::info!("command line: {}", plan.cmdline);
+    let (Some(dir), Some(sink), Some(kernel)) = (dir, sink, kernel) else {
+        // --not-really: report, copy nothing, write no result.
+        let mut o = std::io::stdout().lock();
+        let _ = writeln!(
+            o,
+            "entry   {}\nkernel  {} ({} bytes)",
+            plan.label, plan.kernel, plan.kernel_len
+        );
+        if let Some((p, len)) = &plan.initrd {
+            let _ = writeln!(o, "initrd  {p} ({len} bytes)");
+        }
+        let _ = writeln!(o, "args    {}", plan.cmdline);
+        return Ok(());
+    };
+    let _ = dir;
+    let kernel_path = kernel
+        .finish("kernel")?
+        .ok_or_else(|| Error::HostMsg("kernel copy missing".into()))?;
+    let ramdisk_path = initrd.map(|i| i.finish("initrd")).transpose()?.flatten();
+    let to_str = |p: PathBuf| {
+        p.into_os_string()
+            .into_string()
+            .map_err(|_| Error::HostMsg("output path is not UTF-8".into()))
+    };
+    let result = BootResult {
+        kernel: to_str(kernel_path)?,
+        ramdisk: ramdisk_path.map(to_str).transpose()?,
+        args: plan.cmdline.clone(),
+    };
+    let bytes = output::render(&result, a.output_format)?;
+    sink.write(&bytes)
+}
+
+/// `nixboot list`.
+pub fn list(l: &ListArgs) -> Result<(), Error> {
+    let disk = open_disk(&l.disk)?;
+    let request = Request {
+        mode: Mode::List,
+        offset: l.offset,
+        selection: Selection::Default,
+        args: None,
+        max_kernel: DEFAULT_MAX_KERNEL,
+        max_initrd: DEFAULT_MAX_INITRD,
+        send_data: false,
+    };
+    let confinement = Confinement {
+        runas: None,
+        verbosity: 1u8.saturating_add(l.verbose),
+    };
+    let mut listing: Option<Listing> = None;
+    sandbox::run_child(&disk, &request, &confinement, |tag, data| match tag {
+        Tag::Listing if listing.is_none() => {
+            listing = Some(
+                serde_json::from_slice(data)
+                    .map_err(|e| guest(format!("the parser sent a malformed listing ({e})")))?,
+            );
+            Ok(())
+        }
+        _ => Err(guest("the parser sent an unexpected frame".into())),
+    })?;
+    let listing = listing.ok_or_else(|| guest("the parser finished without a listing".into()))?;
+    let mut o = std::io::stdout().lock();
+    let text = if l.json {
+        crate::list::json(&listing)
+    } else {
+        crate::list::table(&listing)
+    };
+    o.write_all(text.as_bytes())
+        .map_err(|e| Error::host("writing to stdout", e))
+}

@@ -1,0 +1,282 @@
+//! Command-line definitions: the libxl/pygrub argv (the default, no
+//! subcommand) and the `list` subcommand. Parsing only; no I/O.
+//!
+//! libxl runs, in this order (libxl_bootloader.c `make_bootloader_args`):
+//! `nixboot [--kernel=P] [--ramdisk=P] [--args=CMDLINE] [--runas=UID
+//! --quiet] --output=FILE --output-format=simple0 --output-directory=DIR
+//! [bootloader_args...] DISK`. Options and the disk may come in any order.
+//! Usage errors print one line and exit 2.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::limits::{DEFAULT_MAX_INITRD, DEFAULT_MAX_KERNEL, MAX_BOOT_FILE};
+use crate::output::Format;
+
+const AFTER_HELP: &str = "\
+libxl runs nixboot as:
+  nixboot [--kernel=P] [--ramdisk=P] [--args=CMDLINE] [--runas=UID --quiet]
+          --output=/var/lib/xen/bootloader.<domid>.out --output-format=simple0
+          --output-directory=/var/lib/xen/bootloader.<domid>.d [bootloader_args...] DISK
+
+Exit status: 0 when the result file is complete, 1 on any failure (one line
+on stderr says whether the guest disk or dom0 is at fault), 2 on usage errors.";
+
+/// nixboot: boot NixOS Xen PV guests from dom0 (a pygrub replacement).
+#[derive(Debug, Parser)]
+#[command(name = "nixboot", version, about, after_help = AFTER_HELP)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct Cli {
+    /// Boot options (the libxl/pygrub argv).
+    #[command(flatten)]
+    pub boot: BootArgs,
+    /// Subcommands.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the NixOS generations on a guest disk.
+    List(ListArgs),
+}
+
+/// `nixboot list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Filesystem byte offset (skip partition discovery).
+    #[arg(long, value_name = "BYTES")]
+    pub offset: Option<u64>,
+    /// More log lines on stderr.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// The guest disk (image file or block device).
+    pub disk: PathBuf,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.trim().to_ascii_uppercase() {
+        t if t.ends_with('G') => (t.trim_end_matches('G').to_owned(), 1u64 << 30),
+        t if t.ends_with('M') => (t.trim_end_matches('M').to_owned(), 1 << 20),
+        t if t.ends_with('K') => (t.trim_end_matches('K').to_owned(), 1 << 10),
+        t => (t, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 512M)"))?;
+    let v = n.checked_mul(mult).ok_or("size overflows")?;
+    if v > MAX_BOOT_FILE {
+        return Err(format!(
+            "at most {}M (libxc refuses larger images)",
+            MAX_BOOT_FILE >> 20
+        ));
+    }
+    Ok(v)
+}
+
+/// The boot options: pygrub's, plus nixboot's own.
+#[derive(Debug, Args)]
+pub struct BootArgs {
+    /// Guest path of a kernel to boot instead of the NixOS generation
+    /// (pygrub: bypasses the menu; the command line is --args alone).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<String>,
+    /// Guest path of the ramdisk to boot with --kernel.
+    #[arg(long, value_name = "PATH", requires = "kernel")]
+    pub ramdisk: Option<String>,
+    /// Appended to the entry's command line (xl's extra=/root=/cmdline=).
+    #[arg(long, value_name = "CMDLINE", allow_hyphen_values = true)]
+    pub args: Option<String>,
+    /// Entry to boot: N (generation), N/NAME (its specialisation), NAME
+    /// (specialisation of the default generation), or an exact menu title.
+    #[arg(long, value_name = "ENTRY")]
+    pub entry: Option<String>,
+    /// Restricted mode: parse the disk as this uid (what libxl passes when
+    /// LIBXL_BOOTLOADER_RESTRICT is set).
+    #[arg(long, value_name = "UID")]
+    pub runas: Option<u32>,
+    /// Non-interactive: no menu, fewer messages.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Interactive (pygrub compatibility; the menu is the default on a tty).
+    #[arg(short, long, conflicts_with = "quiet")]
+    pub interactive: bool,
+    /// More log lines on stderr (-vv for debug).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Debug logging (pygrub compatibility; same as -vv).
+    #[arg(long)]
+    pub debug: bool,
+    /// Resolve and print what would boot; copy nothing, write no result.
+    #[arg(short = 'n', long)]
+    pub not_really: bool,
+    /// Filesystem byte offset: skip partition discovery.
+    #[arg(long, value_name = "BYTES")]
+    pub offset: Option<u64>,
+    /// Result file (libxl pre-creates it); `-` or none for stdout.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Result format.
+    #[arg(long, value_enum, default_value = "sxp", value_name = "FORMAT")]
+    pub output_format: Format,
+    /// Directory for the kernel and initrd copies (must exist). Default: a
+    /// new private directory under $TMPDIR.
+    #[arg(long, value_name = "DIR")]
+    pub output_directory: Option<PathBuf>,
+    /// Largest kernel accepted (e.g. 512M; at most 1G).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value_t = DEFAULT_MAX_KERNEL, hide_default_value = true)]
+    pub max_kernel_size: u64,
+    /// Largest initrd accepted (e.g. 512M; at most 1G).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value_t = DEFAULT_MAX_INITRD, hide_default_value = true)]
+    pub max_initrd_size: u64,
+    /// The guest disk: an image file or a block device.
+    #[arg(required = true)]
+    pub disk: Option<PathBuf>,
+}
+
+impl BootArgs {
+    /// The log verbosity these flags ask for.
+    pub fn verbosity(&self) -> u8 {
+        if self.debug {
+            2
+        } else if self.quiet {
+            0
+        } else {
+            1u8.saturating_add(self.verbose)
+        }
+    }
+}
+
+/// Parse `args` and run; the process exit code.
+pub fn main(args: Vec<OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("nixboot: error: usage: {first} (see nixboot --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Some(Command::List(l)) => {
+            crate::logging::init(1u8.saturating_add(l.verbose));
+            crate::app::list(&l)
+        }
+        None => {
+            crate::logging::init(cli.boot.verbosity());
+            crate::app::boot(&cli.boot)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nixboot: error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("nixboot").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn libxl_plain_argv() {
+        let c = parse(&[
+            "--output=/var/lib/xen/bootloader.1.out",
+            "--output-format=simple0",
+            "--output-directory=/var/lib/xen/bootloader.1.d",
+            "/guest/guest.img",
+        ])
+        .unwrap();
+        assert!(c.command.is_none());
+        let b = c.boot;
+        assert_eq!(b.output.unwrap(), PathBuf::from("/var/lib/xen/bootloader.1.out"));
+        assert_eq!(b.output_format, Format::Simple0);
+        assert_eq!(
+            b.output_directory.unwrap(),
+            PathBuf::from("/var/lib/xen/bootloader.1.d")
+        );
+        assert_eq!(b.disk.unwrap(), PathBuf::from("/guest/guest.img"));
+        assert_eq!(b.max_kernel_size, DEFAULT_MAX_KERNEL);
+    }
+
+    #[test]
+    fn libxl_full_argv_with_bootloader_args() {
+        let b = parse(&[
+            "--kernel=/boot/vmlinuz",
+            "--ramdisk=/boot/initrd.img",
+            "--args=console=hvc0 marker=from-xl-extra",
+            "--runas=131073",
+            "--quiet",
+            "--output=/var/lib/xen/bootloader.3.out",
+            "--output-format=simple0",
+            "--output-directory=/var/lib/xen/bootloader.3.d",
+            "--entry=41",
+            "/dev/vg0/guest",
+        ])
+        .unwrap()
+        .boot;
+        assert_eq!(b.kernel.as_deref(), Some("/boot/vmlinuz"));
+        assert_eq!(b.ramdisk.as_deref(), Some("/boot/initrd.img"));
+        assert_eq!(b.args.as_deref(), Some("console=hvc0 marker=from-xl-extra"));
+        assert_eq!(b.runas, Some(131073));
+        assert!(b.quiet);
+        assert_eq!(b.entry.as_deref(), Some("41"));
+        assert_eq!(b.verbosity(), 0);
+    }
+
+    #[test]
+    fn disk_may_come_first_and_args_may_start_with_a_dash() {
+        let b = parse(&["disk.img", "--args=-s", "-q", "--output-format=simple"])
+            .unwrap()
+            .boot;
+        assert_eq!(b.disk.unwrap(), PathBuf::from("disk.img"));
+        assert_eq!(b.args.as_deref(), Some("-s"));
+    }
+
+    #[test]
+    fn usage_errors() {
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--output-format=xml", "d"]).is_err());
+        assert!(parse(&["--runas=nobody", "d"]).is_err());
+        assert!(parse(&["--ramdisk=/x", "d"]).is_err());
+        assert!(parse(&["--max-kernel-size=2G", "d"]).is_err());
+        assert!(parse(&["a", "b"]).is_err());
+    }
+
+    #[test]
+    fn list_subcommand() {
+        let c = parse(&["list", "--json", "disk.img"]).unwrap();
+        match c.command {
+            Some(Command::List(l)) => {
+                assert!(l.json);
+                assert_eq!(l.disk, PathBuf::from("disk.img"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("x").is_err());
+    }
+}

@@ -1,0 +1,565 @@
+//! The guest's ext4 filesystem, read through ext4-view behind the wrappers
+//! that make it safe on hostile images. Guest data.
+//!
+//! This is the only module that uses `ext4_view`. It must not call
+//! `Ext4::read`/`read_to_string` (they allocate the inode's claimed size
+//! up front), must not let ext4-view follow a symlink (a slow symlink with
+//! a huge size field aborts the process inside ext4-view), must not list a
+//! directory without a cap, and never hands a guest path to the host's
+//! `std::fs`. What it does instead:
+//!
+//! * [`precheck_superblock`]: the kernel's sanity checks on the superblock
+//!   before `Ext4::load` (a crafted 1 KiB superblock can make ext4-view
+//!   allocate billions of group descriptors).
+//! * a fallback for journals ext4-view refuses (`needs_recovery` with jbd2
+//!   features it does not replay): the superblock is served with the
+//!   recovery flag cleared, like `mount -o noload`.
+//! * our own resolver ([`GuestFs::resolve`]): absolute link targets restart
+//!   at the *guest* root, `..` never climbs above it, each link's size is
+//!   checked before it is read, at most [`MAX_SYMLINKS`] links and
+//!   [`MAX_PATH_LEN`]-byte paths. ext4-view only ever sees symlink-free
+//!   paths.
+//! * capped reads: [`GuestFs::read_small`] and [`GuestFs::open_regular`]
+//!   check the inode size against a cap before reading, and read through
+//!   `File` + `take`.
+
+#![deny(
+    clippy::arithmetic_side_effects,
+    clippy::as_conversions,
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+use std::error::Error as StdError;
+use std::io::Read;
+
+use ext4_view::{Ext4, Ext4Error, Ext4Read, Metadata};
+
+use crate::disk::Window;
+use crate::error::escape;
+use crate::limits::{MAX_DIR_ENTRIES, MAX_PATH_LEN, MAX_RESOLVE_STEPS, MAX_SYMLINKS};
+
+/// The most block groups a filesystem may declare (the descriptor table is
+/// read into memory at load: 2^20 groups is 64 MiB of descriptors, enough
+/// for 128 TiB at 4 KiB blocks).
+pub const MAX_BLOCK_GROUPS: u64 = 1 << 20;
+
+/// Filesystem errors, with the guest path (escaped) where there is one.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FsError {
+    /// Not an ext2/3/4 filesystem.
+    #[error("no ext4 superblock")]
+    NotExt4,
+    /// The superblock fails a sanity check.
+    #[error("corrupt ext4 superblock: {0}")]
+    BadSuperblock(&'static str),
+    /// ext4-view refused to load the filesystem.
+    #[error("cannot load ext4 filesystem: {0}")]
+    Load(Ext4Error),
+    /// A path does not exist in the guest.
+    #[error("{0} does not exist")]
+    NotFound(String),
+    /// A guest path is relative.
+    #[error("{0} is not an absolute path")]
+    NotAbsolute(String),
+    /// Too many symlinks.
+    #[error("more than {MAX_SYMLINKS} symlinks while resolving {0}")]
+    TooManySymlinks(String),
+    /// A path or link target is too long.
+    #[error("path too long while resolving {0}")]
+    PathTooLong(String),
+    /// A symlink is bigger than any valid target.
+    #[error("symlink {path} claims a {len}-byte target")]
+    LinkTooLong {
+        /// The link.
+        path: String,
+        /// Its size field.
+        len: u64,
+    },
+    /// A file is not what it should be.
+    #[error("{path} is a {found}, not a {wanted}")]
+    WrongType {
+        /// The path.
+        path: String,
+        /// What it is.
+        found: &'static str,
+        /// What was expected.
+        wanted: &'static str,
+    },
+    /// A file is over its cap.
+    #[error("{path} is {len} bytes, over the {cap}-byte limit")]
+    TooLarge {
+        /// The path.
+        path: String,
+        /// Its size.
+        len: u64,
+        /// The cap.
+        cap: u64,
+    },
+    /// A directory has too many entries.
+    #[error("{0} has more than {MAX_DIR_ENTRIES} entries")]
+    TooManyEntries(String),
+    /// Reading failed (corrupt structures or an I/O error).
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The path.
+        path: String,
+        /// ext4-view's error.
+        #[source]
+        source: Ext4Error,
+    },
+    /// An I/O error while streaming a file.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+// Superblock field offsets (within the 1024-byte superblock).
+const S_BLOCKS_COUNT_LO: usize = 0x4;
+const S_FIRST_DATA_BLOCK: usize = 0x14;
+const S_LOG_BLOCK_SIZE: usize = 0x18;
+const S_BLOCKS_PER_GROUP: usize = 0x20;
+const S_INODES_PER_GROUP: usize = 0x28;
+const S_MAGIC: usize = 0x38;
+const S_FEATURE_INCOMPAT: usize = 0x60;
+const S_FEATURE_RO_COMPAT: usize = 0x64;
+const S_BLOCKS_COUNT_HI: usize = 0x150;
+const S_CHECKSUM: usize = 0x3FC;
+const INCOMPAT_RECOVER: u32 = 0x4;
+const INCOMPAT_64BIT: u32 = 0x80;
+const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
+
+fn sb_u32(sb: &[u8], at: usize) -> u32 {
+    sb.get(at..at.saturating_add(4))
+        .and_then(|s| s.try_into().ok())
+        .map(u32::from_le_bytes)
+        .unwrap_or(0)
+}
+
+/// The kernel's superblock sanity checks (ext4_fill_super), on the raw
+/// 1024-byte superblock of a filesystem `fs_len` bytes long.
+pub fn precheck_superblock(sb: &[u8], fs_len: u64) -> Result<(), FsError> {
+    if sb.len() < 1024 || sb.get(S_MAGIC..S_MAGIC.saturating_add(2)) != Some([0x53, 0xEF].as_slice()) {
+        return Err(FsError::NotExt4);
+    }
+    let log = sb_u32(sb, S_LOG_BLOCK_SIZE);
+    if log > 6 {
+        return Err(FsError::BadSuperblock("block size over 64 KiB"));
+    }
+    let bs = 1024u64 << log;
+    let bpg = u64::from(sb_u32(sb, S_BLOCKS_PER_GROUP));
+    let ipg = u64::from(sb_u32(sb, S_INODES_PER_GROUP));
+    let bits = bs.saturating_mul(8);
+    if !(8..=bits).contains(&bpg) {
+        return Err(FsError::BadSuperblock("blocks per group out of range"));
+    }
+    if !(1..=bits).contains(&ipg) {
+        return Err(FsError::BadSuperblock("inodes per group out of range"));
+    }
+    let mut blocks = u64::from(sb_u32(sb, S_BLOCKS_COUNT_LO));
+    if sb_u32(sb, S_FEATURE_INCOMPAT) & INCOMPAT_64BIT != 0 {
+        blocks |= u64::from(sb_u32(sb, S_BLOCKS_COUNT_HI)) << 32;
+    }
+    if blocks.checked_mul(bs).is_none_or(|b| b > fs_len) {
+        return Err(FsError::BadSuperblock("block count exceeds the partition"));
+    }
+    let first = u64::from(sb_u32(sb, S_FIRST_DATA_BLOCK));
+    let groups = blocks
+        .checked_sub(first)
+        .ok_or(FsError::BadSuperblock("first data block beyond the end"))?;
+    if groups.div_ceil(bpg) > MAX_BLOCK_GROUPS {
+        return Err(FsError::BadSuperblock("too many block groups"));
+    }
+    Ok(())
+}
+
+/// Serves a window with a patched copy of the superblock (recovery flag
+/// cleared, checksum recomputed): ext4-view then loads the filesystem
+/// without replaying the journal, a stale but consistent view.
+struct NoRecovery {
+    inner: Window,
+    sb: Vec<u8>,
+}
+
+impl Ext4Read for NoRecovery {
+    fn read(&mut self, start: u64, dst: &mut [u8]) -> Result<(), Box<dyn StdError + Send + Sync + 'static>> {
+        self.inner.read_exact_at(start, dst)?;
+        let len = u64::try_from(dst.len())?;
+        let end = start.checked_add(len).ok_or("overflow")?;
+        // Overlay bytes [1024, 2048) of the filesystem.
+        let (lo, hi) = (start.max(1024), end.min(2048));
+        if lo < hi {
+            let d = dst
+                .get_mut(usize::try_from(lo.saturating_sub(start))?..usize::try_from(hi.saturating_sub(start))?)
+                .ok_or("range")?;
+            let s = self
+                .sb
+                .get(usize::try_from(lo.saturating_sub(1024))?..usize::try_from(hi.saturating_sub(1024))?)
+                .ok_or("range")?;
+            d.copy_from_slice(s);
+        }
+        Ok(())
+    }
+}
+
+const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+
+fn without_recovery(mut sb: Vec<u8>) -> Vec<u8> {
+    let incompat = sb_u32(&sb, S_FEATURE_INCOMPAT) & !INCOMPAT_RECOVER;
+    if let Some(s) = sb.get_mut(S_FEATURE_INCOMPAT..S_FEATURE_INCOMPAT.saturating_add(4)) {
+        s.copy_from_slice(&incompat.to_le_bytes());
+    }
+    if sb_u32(&sb, S_FEATURE_RO_COMPAT) & RO_COMPAT_METADATA_CSUM != 0 {
+        // ext4 stores crc32c with the final inversion undone.
+        let crc = !CRC32C.checksum(sb.get(..S_CHECKSUM).unwrap_or_default());
+        if let Some(s) = sb.get_mut(S_CHECKSUM..S_CHECKSUM.saturating_add(4)) {
+            s.copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+    sb
+}
+
+/// A guest filesystem, read-only.
+pub struct GuestFs {
+    fs: Ext4,
+}
+
+/// The kind of a directory entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link.
+    Symlink,
+    /// Anything else (devices, fifos, sockets).
+    Special,
+}
+
+impl Kind {
+    fn of(m: &Metadata) -> Kind {
+        let t = m.file_type();
+        if t.is_regular_file() {
+            Kind::File
+        } else if t.is_dir() {
+            Kind::Dir
+        } else if t.is_symlink() {
+            Kind::Symlink
+        } else {
+            Kind::Special
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Kind::File => "regular file",
+            Kind::Dir => "directory",
+            Kind::Symlink => "symlink",
+            Kind::Special => "device or special file",
+        }
+    }
+}
+
+/// A directory entry from [`GuestFs::list_dir`].
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    /// The name (raw bytes).
+    pub name: Vec<u8>,
+    /// Its kind, from the directory entry.
+    pub kind: Kind,
+}
+
+fn join(parts: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in parts {
+        out.push(b'/');
+        out.extend_from_slice(p);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    out
+}
+
+fn split(path: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    path.split(|b| *b == b'/')
+}
+
+impl GuestFs {
+    /// Check and load the filesystem in `window`.
+    pub fn open(window: Window) -> Result<GuestFs, FsError> {
+        let mut sb = vec![0u8; 1024];
+        window.read_exact_at(1024, &mut sb).map_err(|_| FsError::NotExt4)?;
+        precheck_superblock(&sb, window.len())?;
+        match Ext4::load(Box::new(window.clone())) {
+            Ok(fs) => Ok(GuestFs { fs }),
+            Err(Ext4Error::Incompatible(e)) if sb_u32(&sb, S_FEATURE_INCOMPAT) & INCOMPAT_RECOVER != 0 => {
+                log::warn!("the guest filesystem needs journal recovery ({e}); reading it without the journal");
+                let patched = NoRecovery {
+                    inner: window,
+                    sb: without_recovery(sb),
+                };
+                Ext4::load(Box::new(patched))
+                    .map(|fs| GuestFs { fs })
+                    .map_err(FsError::Load)
+            }
+            Err(e) => Err(FsError::Load(e)),
+        }
+    }
+
+    fn lstat_raw(&self, path: &[u8]) -> Result<Metadata, FsError> {
+        let p = ext4_view::Path::try_from(path).map_err(|_| FsError::PathTooLong(escape(path)))?;
+        self.fs.symlink_metadata(p).map_err(|e| map_err(path, e))
+    }
+
+    /// Resolve `path` inside the guest, following every symlink (the last
+    /// one too when `follow_last`), from the guest root. Returns the
+    /// symlink-free absolute path.
+    pub fn resolve(&self, path: &[u8], follow_last: bool) -> Result<Vec<u8>, FsError> {
+        if !path.starts_with(b"/") {
+            return Err(FsError::NotAbsolute(escape(path)));
+        }
+        if path.len() > MAX_PATH_LEN {
+            return Err(FsError::PathTooLong(escape(path)));
+        }
+        let mut cur: Vec<Vec<u8>> = Vec::new();
+        let mut todo: Vec<Vec<u8>> = split(path).rev().map(<[u8]>::to_vec).collect();
+        let mut links = 0u32;
+        let mut steps = 0u32;
+        while let Some(c) = todo.pop() {
+            steps = steps.saturating_add(1);
+            if steps > MAX_RESOLVE_STEPS {
+                return Err(FsError::PathTooLong(escape(path)));
+            }
+            match c.as_slice() {
+                b"" | b"." => continue,
+                b".." => {
+                    cur.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            cur.push(c);
+            let here = join(&cur);
+            if here.len() > MAX_PATH_LEN {
+                return Err(FsError::PathTooLong(escape(path)));
+            }
+            let is_last = todo.iter().all(|c| c.is_empty() || c == b".");
+            let meta = self.lstat_raw(&here)?;
+            if !meta.is_symlink() || (is_last && !follow_last) {
+                continue;
+            }
+            cur.pop();
+            links = links.saturating_add(1);
+            if links > MAX_SYMLINKS {
+                return Err(FsError::TooManySymlinks(escape(path)));
+            }
+            let target = self.read_link_checked(&here, &meta)?;
+            if target.starts_with(b"/") {
+                cur.clear();
+            }
+            todo.extend(split(&target).rev().map(<[u8]>::to_vec));
+        }
+        Ok(join(&cur))
+    }
+
+    fn read_link_checked(&self, here: &[u8], meta: &Metadata) -> Result<Vec<u8>, FsError> {
+        let len = meta.len();
+        // A slow symlink's target is read into a buffer of its size field:
+        // refuse anything longer than a path before ext4-view sees it.
+        if len == 0 || len >= u64::try_from(MAX_PATH_LEN).unwrap_or(u64::MAX) {
+            return Err(FsError::LinkTooLong {
+                path: escape(here),
+                len,
+            });
+        }
+        let p = ext4_view::Path::try_from(here).map_err(|_| FsError::PathTooLong(escape(here)))?;
+        let t = self.fs.read_link(p).map_err(|e| map_err(here, e))?;
+        Ok(t.as_ref().to_vec())
+    }
+
+    /// The target of the symlink at `path` (its parents resolved in the
+    /// guest), or `None` if `path` is not a symlink.
+    pub fn read_link(&self, path: &[u8]) -> Result<Option<Vec<u8>>, FsError> {
+        let p = self.resolve(path, false)?;
+        let meta = self.lstat_raw(&p)?;
+        if !meta.is_symlink() {
+            return Ok(None);
+        }
+        self.read_link_checked(&p, &meta).map(Some)
+    }
+
+    /// Metadata of `path` without following a final symlink.
+    pub fn lstat(&self, path: &[u8]) -> Result<Metadata, FsError> {
+        let p = self.resolve(path, false)?;
+        self.lstat_raw(&p)
+    }
+
+    /// Metadata of what `path` resolves to, and the resolved path.
+    pub fn stat(&self, path: &[u8]) -> Result<(Vec<u8>, Metadata), FsError> {
+        let p = self.resolve(path, true)?;
+        let m = self.lstat_raw(&p)?;
+        Ok((p, m))
+    }
+
+    /// Whether `path` exists (a dangling final symlink counts as existing).
+    pub fn exists(&self, path: &[u8]) -> Result<bool, FsError> {
+        match self.lstat(path) {
+            Ok(_) => Ok(true),
+            Err(FsError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Open the regular file `path` resolves to, refusing anything over
+    /// `cap` bytes. Returns the resolved path, the file and its length.
+    pub fn open_regular(&self, path: &[u8], cap: u64) -> Result<(Vec<u8>, ext4_view::File, u64), FsError> {
+        let (p, meta) = self.stat(path)?;
+        let kind = Kind::of(&meta);
+        if kind != Kind::File {
+            return Err(FsError::WrongType {
+                path: escape(path),
+                found: kind.name(),
+                wanted: "regular file",
+            });
+        }
+        let len = meta.len();
+        if len > cap {
+            return Err(FsError::TooLarge {
+                path: escape(path),
+                len,
+                cap,
+            });
+        }
+        let ep = ext4_view::Path::try_from(p.as_slice()).map_err(|_| FsError::PathTooLong(escape(path)))?;
+        let f = self.fs.open(ep).map_err(|e| map_err(&p, e))?;
+        Ok((p, f, len))
+    }
+
+    /// Read a whole small regular file (at most `cap` bytes).
+    pub fn read_small(&self, path: &[u8], cap: u64) -> Result<Vec<u8>, FsError> {
+        let (_, f, len) = self.open_regular(path, cap)?;
+        let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        f.take(cap).read_to_end(&mut buf).map_err(|e| FsError::Io {
+            path: escape(path),
+            source: e,
+        })?;
+        Ok(buf)
+    }
+
+    /// List the directory `path` resolves to (without `.` and `..`), at
+    /// most `MAX_DIR_ENTRIES` entries.
+    pub fn list_dir(&self, path: &[u8]) -> Result<Vec<DirEntry>, FsError> {
+        let (p, meta) = self.stat(path)?;
+        if !meta.is_dir() {
+            return Err(FsError::WrongType {
+                path: escape(path),
+                found: Kind::of(&meta).name(),
+                wanted: "directory",
+            });
+        }
+        let ep = ext4_view::Path::try_from(p.as_slice()).map_err(|_| FsError::PathTooLong(escape(path)))?;
+        let rd = self.fs.read_dir(ep).map_err(|e| map_err(&p, e))?;
+        let mut out = Vec::new();
+        let mut seen = 0u32;
+        for ent in rd {
+            seen = seen.saturating_add(1);
+            if seen > MAX_DIR_ENTRIES.saturating_add(2) {
+                return Err(FsError::TooManyEntries(escape(path)));
+            }
+            let ent = ent.map_err(|e| map_err(&p, e))?;
+            let name = ent.file_name().as_ref().to_vec();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let kind = match ent.file_type() {
+                Ok(t) if t.is_regular_file() => Kind::File,
+                Ok(t) if t.is_dir() => Kind::Dir,
+                Ok(t) if t.is_symlink() => Kind::Symlink,
+                Ok(_) => Kind::Special,
+                Err(e) => return Err(map_err(&p, e)),
+            };
+            out.push(DirEntry { name, kind });
+        }
+        Ok(out)
+    }
+}
+
+fn map_err(path: &[u8], e: Ext4Error) -> FsError {
+    match e {
+        Ext4Error::NotFound => FsError::NotFound(escape(path)),
+        Ext4Error::TooManySymlinks => FsError::TooManySymlinks(escape(path)),
+        Ext4Error::PathTooLong => FsError::PathTooLong(escape(path)),
+        Ext4Error::NotADirectory => FsError::WrongType {
+            path: escape(path),
+            found: "non-directory",
+            wanted: "directory",
+        },
+        e => FsError::Read {
+            path: escape(path),
+            source: e,
+        },
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn sb(log: u32, blocks: u32, bpg: u32, ipg: u32) -> Vec<u8> {
+        let mut s = vec![0u8; 1024];
+        s[S_MAGIC] = 0x53;
+        s[S_MAGIC + 1] = 0xEF;
+        s[S_LOG_BLOCK_SIZE..][..4].copy_from_slice(&log.to_le_bytes());
+        s[S_BLOCKS_COUNT_LO..][..4].copy_from_slice(&blocks.to_le_bytes());
+        s[S_BLOCKS_PER_GROUP..][..4].copy_from_slice(&bpg.to_le_bytes());
+        s[S_INODES_PER_GROUP..][..4].copy_from_slice(&ipg.to_le_bytes());
+        s
+    }
+
+    #[test]
+    fn superblock_checks() {
+        assert!(precheck_superblock(&sb(0, 4096, 8192, 256), 4 << 20).is_ok());
+        assert!(matches!(
+            precheck_superblock(&vec![0u8; 1024], 1 << 20),
+            Err(FsError::NotExt4)
+        ));
+        assert!(matches!(
+            precheck_superblock(&sb(7, 1, 8192, 1), 1 << 30),
+            Err(FsError::BadSuperblock(_))
+        ));
+        // crates.md finding 3: blocks_count 0xFFFFFFFF, blocks_per_group 1.
+        assert!(matches!(
+            precheck_superblock(&sb(0, u32::MAX, 1, 8), u64::MAX),
+            Err(FsError::BadSuperblock("blocks per group out of range"))
+        ));
+        assert!(matches!(
+            precheck_superblock(&sb(0, u32::MAX, 8, 8), u64::MAX),
+            Err(FsError::BadSuperblock("too many block groups"))
+        ));
+        assert!(matches!(
+            precheck_superblock(&sb(0, 8192, 8192, 256), 4 << 20),
+            Err(FsError::BadSuperblock("block count exceeds the partition"))
+        ));
+    }
+
+    #[test]
+    fn recovery_patch_recomputes_checksum() {
+        let mut s = sb(2, 1, 8192, 1);
+        s[S_FEATURE_INCOMPAT] = 0x4 | 0x2;
+        s[S_FEATURE_RO_COMPAT + 1] = 0x4; // metadata_csum
+        let p = without_recovery(s);
+        assert_eq!(sb_u32(&p, S_FEATURE_INCOMPAT), 0x2);
+        let want = !CRC32C.checksum(&p[..S_CHECKSUM]);
+        assert_eq!(sb_u32(&p, S_CHECKSUM), want);
+    }
+}

@@ -1,0 +1,175 @@
+//! Frames between the confined parse child and the privileged parent.
+//!
+//! The child writes frames to its stdout (a pipe); the parent reads them
+//! and trusts nothing in them: every frame length is capped at
+//! [`MAX_FRAME`], metadata is JSON checked again on arrival, and file data
+//! is counted against the size the parent accepted. A frame is one tag
+//! byte, a little-endian u32 length, and the payload.
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Fault;
+use crate::limits::MAX_FRAME;
+use crate::nixos::Generation;
+
+/// Frame tags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tag {
+    /// [`Plan`] (JSON).
+    Plan,
+    /// A chunk of the kernel.
+    Kernel,
+    /// A chunk of the initrd.
+    Initrd,
+    /// [`Listing`] (JSON).
+    Listing,
+    /// [`Failure`] (JSON).
+    Failure,
+    /// End of a successful run.
+    Done,
+}
+
+impl Tag {
+    fn byte(self) -> u8 {
+        match self {
+            Tag::Plan => b'P',
+            Tag::Kernel => b'K',
+            Tag::Initrd => b'I',
+            Tag::Listing => b'L',
+            Tag::Failure => b'F',
+            Tag::Done => b'D',
+        }
+    }
+    fn from_byte(b: u8) -> Option<Tag> {
+        Some(match b {
+            b'P' => Tag::Plan,
+            b'K' => Tag::Kernel,
+            b'I' => Tag::Initrd,
+            b'L' => Tag::Listing,
+            b'F' => Tag::Failure,
+            b'D' => Tag::Done,
+            _ => return None,
+        })
+    }
+}
+
+/// What the child decided to boot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Human description (menu label or the guest paths).
+    pub label: String,
+    /// Guest path of the kernel.
+    pub kernel: String,
+    /// Size of the kernel in bytes.
+    pub kernel_len: u64,
+    /// Guest path and size of the initrd.
+    pub initrd: Option<(String, u64)>,
+    /// The complete command line.
+    pub cmdline: String,
+    /// Where the filesystem was found.
+    pub found_in: String,
+}
+
+/// Every generation, for `list` and the menu.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listing {
+    /// Generations, newest first.
+    pub generations: Vec<Listed>,
+}
+
+/// One generation in a [`Listing`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listed {
+    /// The generation, if it loaded.
+    pub generation: Option<Generation>,
+    /// Its number.
+    pub number: Option<u64>,
+    /// Whether the profile points at it.
+    pub current: bool,
+    /// The link mtime.
+    pub mtime: Option<i64>,
+    /// Why it cannot be booted, if it cannot.
+    pub problem: Option<String>,
+}
+
+/// A failure in the child.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// Who is at fault.
+    pub fault: Fault,
+    /// The message (without prefix).
+    pub message: String,
+}
+
+/// Write one frame.
+pub fn write_frame(w: &mut dyn Write, tag: Tag, payload: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|l| usize::try_from(*l).is_ok_and(|l| l <= MAX_FRAME));
+    let len = len.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+    w.write_all(&[tag.byte()])?;
+    w.write_all(&len.to_le_bytes())?;
+    w.write_all(payload)
+}
+
+/// Write a JSON frame.
+pub fn write_json<T: Serialize>(w: &mut dyn Write, tag: Tag, value: &T) -> io::Result<()> {
+    let bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
+    write_frame(w, tag, &bytes)
+}
+
+/// Read one frame into `buf`; `None` at a clean end of stream.
+pub fn read_frame(r: &mut dyn Read, buf: &mut Vec<u8>) -> io::Result<Option<Tag>> {
+    let mut head = [0u8; 5];
+    let mut got = 0;
+    while got < head.len() {
+        let Some(rest) = head.get_mut(got..) else { break };
+        match r.read(rest)? {
+            0 if got == 0 => return Ok(None),
+            0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated frame header")),
+            n => got = got.saturating_add(n),
+        }
+    }
+    let [t, l0, l1, l2, l3] = head;
+    let tag = Tag::from_byte(t).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown frame tag"))?;
+    let len = usize::try_from(u32::from_le_bytes([l0, l1, l2, l3])).unwrap_or(usize::MAX);
+    if len > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too large"));
+    }
+    buf.clear();
+    buf.resize(len, 0);
+    r.read_exact(buf)?;
+    Ok(Some(tag))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_caps() {
+        let mut v = Vec::new();
+        write_frame(&mut v, Tag::Kernel, b"abc").unwrap();
+        write_json(
+            &mut v,
+            Tag::Failure,
+            &Failure {
+                fault: Fault::Guest,
+                message: "x".into(),
+            },
+        )
+        .unwrap();
+        let mut r = v.as_slice();
+        let mut buf = Vec::new();
+        assert_eq!(read_frame(&mut r, &mut buf).unwrap(), Some(Tag::Kernel));
+        assert_eq!(buf, b"abc");
+        assert_eq!(read_frame(&mut r, &mut buf).unwrap(), Some(Tag::Failure));
+        assert_eq!(read_frame(&mut r, &mut buf).unwrap(), None);
+        let huge = [b'K', 0xff, 0xff, 0xff, 0xff];
+        assert!(read_frame(&mut huge.as_slice(), &mut buf).is_err());
+        assert!(read_frame(&mut [b'Z', 0, 0, 0, 0].as_slice(), &mut buf).is_err());
+        assert!(read_frame(&mut [b'K', 9, 0].as_slice(), &mut buf).is_err());
+    }
+}

@@ -1,0 +1,28 @@
+//! nixboot: a Xen PV boot loader for NixOS guests, run by libxl in dom0 the
+//! way it runs pygrub (`bootloader = "/usr/bin/nixboot"`).
+//!
+//! Data flows one way: [`cli`] → [`disk`] → [`part`] → [`guestfs`] →
+//! [`nixos`] → [`cmdline`] → [`output`]. The stages from `part` to
+//! `cmdline` read guest data and run in a confined child process
+//! ([`sandbox`], [`boot`]); only [`disk`], [`output`], [`sandbox`] and
+//! [`app`] touch the OS. Every guest-derived size and count is bounded by a
+//! constant in [`limits`].
+
+pub mod app;
+pub mod boot;
+pub mod cli;
+pub mod cmdline;
+pub mod disk;
+pub mod error;
+pub mod guestfs;
+pub mod ipc;
+pub mod limits;
+pub mod list;
+pub mod logging;
+pub mod nixos;
+pub mod output;
+pub mod part;
+pub mod sandbox;
+pub mod seccomp;
+
+pub use error::{Error, Fault};

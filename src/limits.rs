@@ -1,0 +1,90 @@
+//! Every cap that bounds what a guest disk can make nixboot do.
+//!
+//! A guest owns its disk and nixboot runs as root in dom0, so every size,
+//! count, depth and length that comes from guest data is checked against
+//! one of these named constants *before* the loop or allocation it bounds.
+//! The README's "Limits" table mirrors this file; change both together.
+//!
+//! The kernel and initrd caps are the only ones an admin may change
+//! (`--max-kernel-size`, `--max-initrd-size`); the rest are structural.
+
+/// Bytes in one MiB.
+pub const MIB: u64 = 1 << 20;
+
+/// Default cap on the kernel image copied into dom0 (512 MiB). libxc
+/// itself accepts up to 1 GiB (`XC_DOM_DECOMPRESS_MAX`).
+pub const DEFAULT_MAX_KERNEL: u64 = 512 * MIB;
+
+/// Default cap on the initrd copied into dom0 (512 MiB).
+pub const DEFAULT_MAX_INITRD: u64 = 512 * MIB;
+
+/// The highest value `--max-kernel-size`/`--max-initrd-size` accept:
+/// libxc refuses anything larger anyway.
+pub const MAX_BOOT_FILE: u64 = 1024 * MIB;
+
+/// Largest `boot.json` read from a generation (1 MiB; real ones are ~1 KiB).
+pub const MAX_BOOTSPEC: u64 = MIB;
+
+/// Largest small text file read from a toplevel (`init` path files,
+/// `kernel-params`, `nixos-version`, `system`).
+pub const MAX_SMALL_FILE: u64 = 64 * 1024;
+
+/// Symlinks followed while resolving one guest path (the kernel's own
+/// `MAXSYMLINKS` is 40).
+pub const MAX_SYMLINKS: u32 = 40;
+
+/// Longest guest path, and longest symlink target, in bytes (`PATH_MAX`).
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// Path components processed in one resolution: a backstop against any
+/// walk that would otherwise not terminate.
+pub const MAX_RESOLVE_STEPS: u32 = 4096;
+
+/// Directory entries read from `/nix/var/nix/profiles` (and any other
+/// directory nixboot lists) before giving up.
+pub const MAX_DIR_ENTRIES: u32 = 100_000;
+
+/// Generations kept from the profile directory: the newest ones win.
+/// GRUB keeps 100 by default; this only guards memory and time.
+pub const MAX_GENERATIONS: usize = 10_000;
+
+/// Specialisations kept per generation.
+pub const MAX_SPECIALISATIONS: usize = 256;
+
+/// Kernel parameters in one entry.
+pub const MAX_KERNEL_PARAMS: usize = 512;
+
+/// What a PV guest receives of its command line: `MAX_GUEST_CMDLINE`
+/// (1024) minus the terminating NUL (xen/include/public/xen.h).
+pub const MAX_CMDLINE: usize = 1023;
+
+/// One item of the result file must stay below libxl's 8192-byte buffer
+/// (`PATH_MAX * 2`, libxl_bootloader.c `parse_bootloader_result`).
+pub const MAX_RESULT_ITEM: usize = 8191;
+
+/// Partitions considered on one disk (GPT entries with a type, MBR
+/// primaries and logical partitions together).
+pub const MAX_PARTITIONS: usize = 128;
+
+/// Entries a GPT header may declare (the UEFI minimum array is 128).
+pub const MAX_GPT_ENTRIES: u32 = 1024;
+
+/// Largest GPT entry size accepted (UEFI: a power of two, at least 128).
+pub const MAX_GPT_ENTRY_SIZE: u32 = 4096;
+
+/// Extended boot records followed in one MBR extended chain.
+pub const MAX_EBR_HOPS: u32 = 64;
+
+/// Largest frame the parse child may send to the parent (metadata; file
+/// data is sent in chunks of at most this size too).
+pub const MAX_FRAME: usize = 4 * MIB as usize;
+
+/// Address-space limit of the parse child (bytes).
+pub const CHILD_ADDRESS_SPACE: u64 = 512 * MIB;
+
+/// Wall-clock deadline for the parse child, in seconds: it is killed after
+/// this. libxl's own restricted-mode timeout is 120 s.
+pub const CHILD_DEADLINE_SECS: u64 = 60;
+
+/// Bytes of a kernel payload decompressed to look for Xen ELF notes.
+pub const MAX_KERNEL_DECOMPRESSED: u64 = 256 * MIB;

@@ -1,0 +1,66 @@
+//! Rendering `nixboot list`: a human table and the JSON document.
+//! dom0 side; guest strings are escaped in the table (JSON escapes them
+//! itself).
+
+use serde_json::json;
+
+use crate::error::Escaped;
+use crate::ipc::Listing;
+use crate::nixos::select::{label, rfc3339};
+
+/// The JSON document: `{"generations":[…]}`, newest first.
+pub fn json(l: &Listing) -> String {
+    let gens: Vec<serde_json::Value> = l
+        .generations
+        .iter()
+        .map(|g| {
+            let e = g.generation.as_ref().map(|g| &g.entry);
+            json!({
+                "generation": g.number,
+                "current": g.current,
+                "built": g.mtime.and_then(rfc3339),
+                "nixosVersion": e.map(|e| &e.nixos_version),
+                "label": e.map(|e| label(e, g.mtime)),
+                "kernel": e.map(|e| &e.kernel),
+                "initrd": e.and_then(|e| e.initrd.as_ref()),
+                "init": e.map(|e| &e.init),
+                "kernelParams": e.map(|e| &e.kernel_params),
+                "specialisations": g.generation.as_ref().map(|g| g.specialisations.iter().filter_map(|s| s.specialisation.clone()).collect::<Vec<_>>()).unwrap_or_default(),
+                "bootable": g.problem.is_none(),
+                "problem": g.problem,
+            })
+        })
+        .collect();
+    let mut s = serde_json::to_string_pretty(&json!({ "generations": gens })).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+/// The table: one line per generation and specialisation.
+pub fn table(l: &Listing) -> String {
+    let mut s = String::new();
+    for g in &l.generations {
+        let mark = if g.current { "*" } else { " " };
+        let n = g.number.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+        match &g.generation {
+            Some(gen_) => {
+                s.push_str(&format!(
+                    "{mark} {n:>5}  {}\n",
+                    Escaped(label(&gen_.entry, g.mtime).as_bytes())
+                ));
+                for sp in &gen_.specialisations {
+                    s.push_str(&format!(
+                        "  {:>5}  {}\n",
+                        format!("{n}/{}", sp.specialisation.as_deref().unwrap_or("")),
+                        Escaped(label(sp, g.mtime).as_bytes())
+                    ));
+                }
+            }
+            None => s.push_str(&format!(
+                "{mark} {n:>5}  (not bootable: {})\n",
+                Escaped(g.problem.as_deref().unwrap_or("unknown").as_bytes())
+            )),
+        }
+    }
+    s
+}

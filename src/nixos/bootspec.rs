@@ -1,0 +1,179 @@
+//! Bootspec (`boot.json`, RFC 0125) parsing: bytes in, [`BootSpec`] out.
+//! Pure; guest data.
+//!
+//! Only `org.nixos.bootspec.v1` and `org.nixos.specialisation.v1` are
+//! read; every other top-level key is an extension and ignored. Nested
+//! specialisations are undefined by the RFC and ignored. The caller caps
+//! the input at [`crate::limits::MAX_BOOTSPEC`] bytes; here the number of
+//! kernel parameters and specialisations is capped, and serde_json's
+//! recursion limit bounds nesting. The `bootspec` crate is not used: its
+//! synthesizer reads the *host* filesystem, and its types add nothing to
+//! these few fields.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::limits::{MAX_KERNEL_PARAMS, MAX_SPECIALISATIONS};
+
+/// Why a `boot.json` was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum BootspecError {
+    /// Not valid JSON or missing required fields.
+    #[error("invalid boot.json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Too many kernel parameters.
+    #[error("boot.json has {0} kernel parameters, over the limit of {MAX_KERNEL_PARAMS}")]
+    TooManyParams(usize),
+    /// Too many specialisations.
+    #[error("boot.json has {0} specialisations, over the limit of {MAX_SPECIALISATIONS}")]
+    TooManySpecialisations(usize),
+}
+
+/// The fields of `org.nixos.bootspec.v1` nixboot uses.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct V1 {
+    /// Stage-2 init (absolute guest path).
+    pub init: String,
+    /// The initrd, if the system has one.
+    #[serde(default)]
+    pub initrd: Option<String>,
+    /// The initrd secrets appender, if any.
+    #[serde(default)]
+    pub initrd_secrets: Option<String>,
+    /// The kernel image.
+    pub kernel: String,
+    /// Kernel parameters (without `init=`).
+    pub kernel_params: Vec<String>,
+    /// Human label, e.g. `NixOS Warbler 25.05 (Linux 6.12.31)`.
+    pub label: String,
+    /// System double, e.g. `x86_64-linux`.
+    pub system: String,
+    /// The toplevel store path.
+    pub toplevel: String,
+}
+
+#[derive(Deserialize)]
+struct Doc {
+    #[serde(rename = "org.nixos.bootspec.v1")]
+    v1: V1,
+    #[serde(rename = "org.nixos.specialisation.v1", default)]
+    specialisations: BTreeMap<String, SpecDoc>,
+}
+
+#[derive(Deserialize)]
+struct SpecDoc {
+    #[serde(rename = "org.nixos.bootspec.v1")]
+    v1: V1,
+}
+
+/// A parsed `boot.json`: the generation and its specialisations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootSpec {
+    /// The generation itself.
+    pub v1: V1,
+    /// Specialisations by name, sorted.
+    pub specialisations: BTreeMap<String, V1>,
+}
+
+fn check(v: &V1) -> Result<(), BootspecError> {
+    if v.kernel_params.len() > MAX_KERNEL_PARAMS {
+        return Err(BootspecError::TooManyParams(v.kernel_params.len()));
+    }
+    Ok(())
+}
+
+/// Parse `boot.json` bytes.
+pub fn parse(bytes: &[u8]) -> Result<BootSpec, BootspecError> {
+    let doc: Doc = serde_json::from_slice(bytes)?;
+    if doc.specialisations.len() > MAX_SPECIALISATIONS {
+        return Err(BootspecError::TooManySpecialisations(doc.specialisations.len()));
+    }
+    check(&doc.v1)?;
+    let mut specialisations = BTreeMap::new();
+    for (name, s) in doc.specialisations {
+        check(&s.v1)?;
+        specialisations.insert(name, s.v1);
+    }
+    Ok(BootSpec {
+        v1: doc.v1,
+        specialisations,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"{
+      "org.nixos.bootspec.v1": {
+        "init": "/nix/store/aaa-nixos-system-g-25.05/init",
+        "initrd": "/nix/store/bbb-initrd-linux-6.12.31/initrd",
+        "kernel": "/nix/store/ccc-linux-6.12.31/bzImage",
+        "kernelParams": ["console=hvc0", "loglevel=4"],
+        "label": "NixOS Warbler 25.05 (Linux 6.12.31)",
+        "system": "x86_64-linux",
+        "toplevel": "/nix/store/aaa-nixos-system-g-25.05"
+      },
+      "org.nixos.specialisation.v1": {
+        "debug": {
+          "org.nixos.bootspec.v1": {
+            "init": "/nix/store/ddd-nixos-system-g-25.05/init",
+            "kernel": "/nix/store/ccc-linux-6.12.31/bzImage",
+            "kernelParams": ["console=hvc0", "loglevel=7"],
+            "label": "NixOS Warbler 25.05 (Linux 6.12.31)",
+            "system": "x86_64-linux",
+            "toplevel": "/nix/store/ddd-nixos-system-g-25.05"
+          },
+          "org.nixos.specialisation.v1": {}
+        }
+      },
+      "org.nixos.systemd-boot": {"sortKey": "nixos"},
+      "org.xenproject.bootspec.v1": {"xen": "/nix/store/x/xen.efi", "xenParams": []}
+    }"#;
+
+    #[test]
+    fn parses_sample_with_extensions() {
+        let b = parse(SAMPLE.as_bytes()).unwrap();
+        assert_eq!(b.v1.kernel, "/nix/store/ccc-linux-6.12.31/bzImage");
+        assert_eq!(
+            b.v1.initrd.as_deref(),
+            Some("/nix/store/bbb-initrd-linux-6.12.31/initrd")
+        );
+        assert_eq!(b.v1.kernel_params, ["console=hvc0", "loglevel=4"]);
+        let d = &b.specialisations["debug"];
+        assert_eq!(d.initrd, None);
+        assert_eq!(d.kernel_params, ["console=hvc0", "loglevel=7"]);
+    }
+
+    #[test]
+    fn missing_required_field_is_an_error() {
+        let bad = SAMPLE.replace("\"kernel\": \"/nix/store/ccc-linux-6.12.31/bzImage\",\n        \"kernelParams\": [\"console=hvc0\", \"loglevel=4\"],", "\"kernelParams\": [],");
+        assert!(matches!(parse(bad.as_bytes()), Err(BootspecError::Json(_))));
+        assert!(matches!(parse(b"[]"), Err(BootspecError::Json(_))));
+        assert!(matches!(
+            parse(b"{\"org.nixos.bootspec.v1\": null}"),
+            Err(BootspecError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn too_many_params() {
+        let params: Vec<String> = (0..=MAX_KERNEL_PARAMS).map(|i| format!("\"p{i}\"")).collect();
+        let doc = format!(
+            r#"{{"org.nixos.bootspec.v1": {{"init":"/i","kernel":"/k","kernelParams":[{}],"label":"l","system":"s","toplevel":"/t"}}}}"#,
+            params.join(",")
+        );
+        assert!(matches!(parse(doc.as_bytes()), Err(BootspecError::TooManyParams(_))));
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let mut doc = String::from(
+            r#"{"org.nixos.bootspec.v1":{"init":"/i","kernel":"/k","kernelParams":[],"label":"l","system":"s","toplevel":"/t"},"ext":"#,
+        );
+        doc.push_str(&"[".repeat(100_000));
+        assert!(parse(doc.as_bytes()).is_err());
+    }
+}

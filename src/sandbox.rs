@@ -1,0 +1,283 @@
+//! The privilege split: the parent (root, in dom0) opens the disk and the
+//! output files; a freshly exec'd child parses the guest disk, confined.
+//!
+//! The child is this same binary re-executed with [`CHILD_ARG`], the disk
+//! as its standard input (read-only descriptor), a pipe as its standard
+//! output (frames, see [`crate::ipc`]) and the pty as its standard error.
+//! Before it reads a byte of guest data it:
+//!
+//! * with `--runas=UID`: enters fresh mount, IPC, network and UTS
+//!   namespaces, chroots into an empty read-only tmpfs, and drops to
+//!   UID/GID with no supplementary groups;
+//! * sets no-new-privileges and resource limits (address space, file size
+//!   0, no core dumps, no new processes, CPU seconds);
+//! * installs a seccomp allowlist: it can read, write to its pipes, map
+//!   memory and exit; open, exec, socket, ioctl and everything else kill
+//!   it.
+//!
+//! The parent enforces a wall-clock deadline, caps every frame and byte it
+//! accepts, and turns any crash, limit hit or timeout into a one-line
+//! guest-disk error. A child that did not end with a `Done` frame and exit
+//! status 0 never yields a result.
+
+use std::fs::File;
+use std::io::{BufReader, Write};
+use std::os::fd::AsFd;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, ExitCode, Stdio};
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::boot::{self, Request};
+use crate::disk::Disk;
+use crate::error::{Error, Fault};
+use crate::ipc::{self, Failure, Tag};
+use crate::limits::{CHILD_ADDRESS_SPACE, CHILD_DEADLINE_SECS};
+
+/// argv[1] that makes the binary act as the parse child.
+pub const CHILD_ARG: &str = "--nixboot-internal-parse-child";
+
+/// How the child is confined, decided by the parent.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Confinement {
+    /// Drop to this uid (and gid) in fresh namespaces.
+    pub runas: Option<u32>,
+    /// Log level for the child's own messages.
+    pub verbosity: u8,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ChildArgs {
+    request: Request,
+    confinement: Confinement,
+}
+
+/// Entry point of the parse child (`main` calls this when argv[1] is
+/// [`CHILD_ARG`]).
+pub fn child_main(json: &str) -> ExitCode {
+    let out_fd = std::io::stdout().as_fd().try_clone_to_owned();
+    let Ok(out_fd) = out_fd else { return ExitCode::from(1) };
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, File::from(out_fd));
+    let result = (|| -> Result<(), Error> {
+        let args: ChildArgs =
+            serde_json::from_str(json).map_err(|e| Error::Usage(format!("bad child request: {e}")))?;
+        crate::logging::init(args.confinement.verbosity);
+        let disk_fd = std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::host("taking the disk descriptor", e))?;
+        let disk = Disk::from_file(File::from(disk_fd)).map_err(|e| Error::host("disk descriptor", e))?;
+        confine(&args.confinement)?;
+        boot::run(Rc::new(disk), &args.request, &mut out)?;
+        out.flush().map_err(|e| Error::host("sending frames", e))
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let f = Failure {
+                fault: e.fault(),
+                message: e.message(),
+            };
+            let _ = ipc::write_json(&mut out, Tag::Failure, &f);
+            let _ = out.flush();
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn os(what: &str) -> impl FnOnce(nix::errno::Errno) -> Error + '_ {
+    move |e| Error::host(format!("confining the parser: {what}"), std::io::Error::from(e))
+}
+
+/// Apply the confinement to the current (child) process.
+fn confine(c: &Confinement) -> Result<(), Error> {
+    use nix::sys::resource::{Resource, setrlimit};
+    if let Some(uid) = c.runas {
+        enter_empty_root().map_err(os("namespaces and empty root"))?;
+        let gid = nix::unistd::Gid::from_raw(uid);
+        nix::unistd::setgroups(&[]).map_err(os("setgroups"))?;
+        nix::unistd::setresgid(gid, gid, gid).map_err(os("setresgid"))?;
+        let u = nix::unistd::Uid::from_raw(uid);
+        nix::unistd::setresuid(u, u, u).map_err(os("setresuid"))?;
+        if nix::unistd::geteuid().is_root() || nix::unistd::getegid().as_raw() != uid {
+            return Err(Error::HostMsg(
+                "confining the parser: privileges were not dropped".into(),
+            ));
+        }
+    }
+    nix::sys::prctl::set_no_new_privs().map_err(os("no_new_privs"))?;
+    nix::sys::prctl::set_dumpable(false).map_err(os("dumpable"))?;
+    setrlimit(Resource::RLIMIT_AS, CHILD_ADDRESS_SPACE, CHILD_ADDRESS_SPACE).map_err(os("RLIMIT_AS"))?;
+    setrlimit(Resource::RLIMIT_FSIZE, 0, 0).map_err(os("RLIMIT_FSIZE"))?;
+    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(os("RLIMIT_CORE"))?;
+    setrlimit(Resource::RLIMIT_NPROC, 0, 0).map_err(os("RLIMIT_NPROC"))?;
+    setrlimit(Resource::RLIMIT_MEMLOCK, 0, 0).map_err(os("RLIMIT_MEMLOCK"))?;
+    setrlimit(Resource::RLIMIT_CPU, CHILD_DEADLINE_SECS, CHILD_DEADLINE_SECS).map_err(os("RLIMIT_CPU"))?;
+    crate::seccomp::install()
+}
+
+/// New mount/IPC/network/UTS namespaces; `/` becomes an empty read-only
+/// tmpfs (mounted over `/tmp` inside the private namespace, then chrooted
+/// into), so no dom0 file is reachable by path.
+fn enter_empty_root() -> nix::Result<()> {
+    use nix::mount::{MsFlags, mount};
+    use nix::sched::{CloneFlags, unshare};
+    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(
+        Some("nixboot-empty"),
+        "/tmp",
+        Some("tmpfs"),
+        flags,
+        Some("size=4k,nr_inodes=2,mode=0555"),
+    )?;
+    mount(
+        None::<&str>,
+        "/tmp",
+        None::<&str>,
+        flags | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )?;
+    nix::unistd::chroot("/tmp")?;
+    nix::unistd::chdir("/")
+}
+
+/// Run the parse child on `disk` and hand each frame to `on_frame` until
+/// the child's `Done`. Any failure of the child becomes an [`Error`].
+pub fn run_child(
+    disk: &Disk,
+    request: &Request,
+    confinement: &Confinement,
+    mut on_frame: impl FnMut(Tag, &[u8]) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let exe = std::env::current_exe().map_err(|e| Error::host("finding the nixboot executable", e))?;
+    let args = serde_json::to_string(&ChildArgs {
+        request: request.clone(),
+        confinement: confinement.clone(),
+    })
+    .map_err(|e| Error::HostMsg(format!("encoding the child request: {e}")))?;
+    let stdin = disk
+        .file()
+        .try_clone()
+        .map_err(|e| Error::host("duplicating the disk descriptor", e))?;
+    let mut child = Command::new(&exe)
+        .arg(CHILD_ARG)
+        .arg(args)
+        .env_clear()
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| Error::host(format!("starting the parse child {}", exe.display()), e))?;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(Duration::from_secs(CHILD_DEADLINE_SECS)) {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            return true;
+        }
+        false
+    });
+    let Some(stdout) = child.stdout.take() else {
+        return Err(Error::HostMsg("parse child has no output pipe".into()));
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, stdout);
+    let mut buf = Vec::new();
+    let mut outcome: Result<bool, Error> = Ok(false);
+    loop {
+        match ipc::read_frame(&mut reader, &mut buf) {
+            Ok(None) => break,
+            Ok(Some(Tag::Done)) => {
+                outcome = Ok(true);
+                break;
+            }
+            Ok(Some(Tag::Failure)) => {
+                outcome = Err(match serde_json::from_slice::<Failure>(&buf) {
+                    Ok(f) => Error::Reported {
+                        fault: f.fault,
+                        message: sanitize(&f.message),
+                    },
+                    Err(_) => Error::Reported {
+                        fault: Fault::Guest,
+                        message: "the parser reported an unreadable error".into(),
+                    },
+                });
+                break;
+            }
+            Ok(Some(tag)) => {
+                if let Err(e) = on_frame(tag, &buf) {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+            Err(e) => {
+                outcome = Err(Error::Reported {
+                    fault: Fault::Guest,
+                    message: format!("the parser sent a malformed frame ({e})"),
+                });
+                break;
+            }
+        }
+    }
+    drop(reader);
+    if !matches!(outcome, Ok(true)) {
+        let _ = child.kill();
+    }
+    let status = child.wait().map_err(|e| Error::host("waiting for the parse child", e));
+    let _ = stop_tx.send(());
+    let timed_out = watchdog.join().unwrap_or(false);
+    let status = status?;
+    if timed_out {
+        return Err(Error::Reported {
+            fault: Fault::Guest,
+            message: format!("reading the disk took longer than {CHILD_DEADLINE_SECS} s; the parser was stopped"),
+        });
+    }
+    match outcome {
+        Err(e) => Err(e),
+        Ok(true) if status.success() => Ok(()),
+        Ok(_) => Err(Error::Reported {
+            fault: Fault::Guest,
+            message: describe(status),
+        }),
+    }
+}
+
+/// Describe an abnormal end of the parse child.
+fn describe(status: std::process::ExitStatus) -> String {
+    if let Some(sig) = status.signal() {
+        let name = nix::sys::signal::Signal::try_from(sig)
+            .map(|s| s.as_str())
+            .unwrap_or("unknown signal");
+        let why = match name {
+            "SIGSYS" => "it attempted a forbidden system call",
+            "SIGKILL" | "SIGXCPU" => "it hit a resource limit",
+            "SIGABRT" | "SIGSEGV" | "SIGBUS" => "it ran out of its memory limit or crashed",
+            _ => "it was killed",
+        };
+        return format!(
+            "the confined parser stopped on {name} ({why}): the disk is corrupt or hostile, or this is a nixboot bug"
+        );
+    }
+    format!(
+        "the confined parser failed with exit status {} without a result",
+        status.code().unwrap_or(-1)
+    )
+}
+
+/// Strip anything a compromised child might put in its message to attack
+/// the console: control characters become `?`.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .take(2048)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
