@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use crate::boot::{Mode, Request, Selection};
+use crate::cache::KernelCache;
 use crate::cli::{BootArgs, ListArgs};
 use crate::cmdline;
 use crate::disk::Disk;
@@ -127,12 +128,19 @@ pub fn boot(a: &BootArgs) -> Result<(), Error> {
         Some(ResultSink::open(a.output.as_deref())?)
     };
     let disk = open_disk(disk_path)?;
+    let cache = KernelCache::from_env();
+    let mut cmdline_override = None;
     let selection = match (&a.kernel, &a.entry) {
         (Some(k), _) => Selection::Paths {
             kernel: k.clone(),
             ramdisk: a.ramdisk.clone(),
         },
         (None, Some(e)) => Selection::Entry(e.clone()),
+        (None, None) if wants_menu(a) => {
+            let (sel, edited) = menu_choice(&disk, a, &cache)?;
+            cmdline_override = edited;
+            sel
+        }
         (None, None) => Selection::Default,
     };
     let request = Request {
@@ -143,6 +151,8 @@ pub fn boot(a: &BootArgs) -> Result<(), Error> {
         max_kernel: a.max_kernel_size,
         max_initrd: a.max_initrd_size,
         send_data: !a.not_really,
+        known_pv: cache.known(),
+        cmdline_override,
     };
     let confinement = Confinement {
         runas: a.runas,
@@ -214,37 +224,102 @@ pub fn boot(a: &BootArgs) -> Result<(), Error> {
         args: plan.cmdline.clone(),
     };
     let bytes = output::render(&result, a.output_format)?;
-    sink.write(&bytes)
+    sink.write(&bytes)?;
+    if plan.kernel_verified {
+        cache.remember(&plan.kernel_key);
+    }
+    Ok(())
 }
 
-/// `nixboot list`.
-pub fn list(l: &ListArgs) -> Result<(), Error> {
-    let disk = open_disk(&l.disk)?;
+fn wants_menu(a: &BootArgs) -> bool {
+    use std::io::IsTerminal;
+    !a.quiet && a.runas.is_none() && !a.not_really && a.timeout > 0 && std::io::stdin().is_terminal()
+}
+
+/// Ask the parse child for every generation.
+fn listing(disk: &Disk, offset: Option<u64>, known_pv: Vec<String>, verbosity: u8) -> Result<Listing, Error> {
     let request = Request {
         mode: Mode::List,
-        offset: l.offset,
+        offset,
         selection: Selection::Default,
         args: None,
         max_kernel: DEFAULT_MAX_KERNEL,
         max_initrd: DEFAULT_MAX_INITRD,
         send_data: false,
+        known_pv,
+        cmdline_override: None,
     };
-    let confinement = Confinement {
-        runas: None,
-        verbosity: 1u8.saturating_add(l.verbose),
-    };
+    let confinement = Confinement { runas: None, verbosity };
     let mut listing: Option<Listing> = None;
-    sandbox::run_child(&disk, &request, &confinement, |tag, data| match tag {
+    sandbox::run_child(disk, &request, &confinement, |tag, data| match tag {
         Tag::Listing if listing.is_none() => {
-            listing = Some(
-                serde_json::from_slice(data)
-                    .map_err(|e| guest(format!("the parser sent a malformed listing ({e})")))?,
-            );
+            let l = serde_json::from_slice(data)
+                .map_err(|e| guest(format!("the parser sent a malformed listing ({e})")))?;
+            listing = Some(l);
             Ok(())
         }
         _ => Err(guest("the parser sent an unexpected frame".into())),
     })?;
-    let listing = listing.ok_or_else(|| guest("the parser finished without a listing".into()))?;
+    listing.ok_or_else(|| guest("the parser finished without a listing".into()))
+}
+
+/// Show the console menu; the selection and any edited command line.
+fn menu_choice(disk: &Disk, a: &BootArgs, cache: &KernelCache) -> Result<(Selection, Option<String>), Error> {
+    use crate::menu::{self, Item};
+    use crate::nixos::select::label;
+    let l = listing(disk, a.offset, cache.known(), a.verbosity())?;
+    let mut items = Vec::new();
+    let mut selections = Vec::new();
+    let (mut current_at, mut default) = (None, None);
+    for g in &l.generations {
+        let Some(gen_) = &g.generation else { continue };
+        for e in std::iter::once(&gen_.entry).chain(&gen_.specialisations) {
+            let line = cmdline::build(Some(&e.init), &e.kernel_params, a.args.as_deref());
+            let is_spec = e.specialisation.is_some();
+            let problem = if is_spec { None } else { g.problem.clone() };
+            let problem = problem.or_else(|| line.as_ref().err().map(|x| x.to_string()));
+            if g.current && !is_spec {
+                current_at = Some(items.len());
+            }
+            // The default is what a boot without the menu picks: the current
+            // generation, or the newest older bootable one.
+            if default.is_none() && current_at.is_some() && !is_spec && problem.is_none() {
+                default = Some(items.len());
+            }
+            selections.push(match (g.number, &e.specialisation) {
+                (Some(n), Some(s)) => Selection::Entry(format!("{n}/{s}")),
+                (Some(n), None) => Selection::Entry(n.to_string()),
+                (None, _) => Selection::Default,
+            });
+            items.push(Item {
+                label: label(e, g.mtime),
+                cmdline: line.unwrap_or_default(),
+                problem,
+            });
+        }
+    }
+    if items.is_empty() {
+        return Ok((Selection::Default, None));
+    }
+    let default = default.or(current_at).unwrap_or(0);
+    let choice = menu::run(items, default, std::time::Duration::from_secs(a.timeout))
+        .map_err(|e| Error::host("running the console menu", e))?;
+    if !choice.interactive {
+        return Ok((Selection::Default, None));
+    }
+    let sel = selections.get(choice.index).cloned().unwrap_or(Selection::Default);
+    Ok((sel, choice.cmdline))
+}
+
+/// `nixboot list`.
+pub fn list(l: &ListArgs) -> Result<(), Error> {
+    let disk = open_disk(&l.disk)?;
+    let listing = listing(
+        &disk,
+        l.offset,
+        KernelCache::from_env().known(),
+        1u8.saturating_add(l.verbose),
+    )?;
     let mut o = std::io::stdout().lock();
     let text = if l.json {
         crate::list::json(&listing)

@@ -17,7 +17,8 @@ use crate::disk::{BlockSource, Window};
 use crate::error::{Error, GuestError, escape};
 use crate::guestfs::{FsError, GuestFs};
 use crate::ipc::{self, Listed, Listing, Plan, Tag};
-use crate::nixos::{self, NixosError, SYSTEM_PROFILE, select};
+use crate::kernel;
+use crate::nixos::{self, BootEntry, NixosError, SYSTEM_PROFILE, select};
 use crate::part::{self, Candidate};
 
 /// What to boot.
@@ -63,6 +64,13 @@ pub struct Request {
     pub max_initrd: u64,
     /// Send file data (off for `--not-really`).
     pub send_data: bool,
+    /// Keys of kernels already known to be Xen PV kernels (see
+    /// [`kernel_key`]); at most [`crate::limits::MAX_KNOWN_KERNELS`].
+    #[serde(default)]
+    pub known_pv: Vec<String>,
+    /// A command line edited at the console menu, replacing the entry's.
+    #[serde(default)]
+    pub cmdline_override: Option<String>,
 }
 
 /// Find the filesystem to boot: the first ext4 candidate that holds the
@@ -98,63 +106,220 @@ pub fn open_system(src: Rc<dyn BlockSource>, offset: Option<u64>, want: &[u8]) -
     )))))
 }
 
-/// Decide what to boot.
-pub fn plan(fs: &GuestFs, found_in: &Candidate, req: &Request) -> Result<Plan, Error> {
-    let (label, kernel, initrd, cmdline) = match &req.selection {
-        Selection::Paths { kernel, ramdisk } => {
-            let line = cmdline::build(None, &[], req.args.as_deref())?;
-            (
-                format!("{kernel} (from --kernel)"),
-                kernel.clone(),
-                ramdisk.clone(),
-                line,
-            )
-        }
-        sel => {
-            let (entry, mtime) = match sel {
-                Selection::Entry(spec) => select::select(fs, &select::parse_entry(spec))?,
-                _ => {
-                    let g = select::default_generation(fs)?;
-                    (g.entry, g.mtime)
+/// What the bootable check found out about an entry's kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked {
+    /// Kernel size.
+    pub kernel_len: u64,
+    /// Initrd size, if there is one.
+    pub initrd_len: Option<u64>,
+    /// Cache key of the kernel (see [`kernel_key`]).
+    pub key: String,
+    /// Whether the PV check decompressed the kernel in this run (so the
+    /// parent may remember the key).
+    pub verified_now: bool,
+}
+
+/// A cheap identity for a kernel file: SHA-256 over its guest path, its
+/// size and its first and last 64 KiB. Used only to skip re-checking a
+/// kernel already found PV-bootable; a forged match can only make nixboot
+/// skip its own check, never refuse a good kernel.
+pub fn kernel_key(fs: &GuestFs, path: &str, len: u64) -> Result<String, FsError> {
+    use sha2::Digest;
+    const SAMPLE: u64 = 64 * 1024;
+    let mut h = sha2::Sha256::new();
+    h.update(path.as_bytes());
+    h.update(len.to_le_bytes());
+    let (_, mut f, _) = fs.open_regular(path.as_bytes(), u64::MAX)?;
+    let read = |f: &mut ext4_view::File, n: u64, h: &mut sha2::Sha256| -> Result<(), FsError> {
+        let mut buf = vec![0u8; usize::try_from(n).unwrap_or(0)];
+        let mut got = 0usize;
+        while got < buf.len() {
+            let Some(dst) = buf.get_mut(got..) else { break };
+            match f.read_bytes(dst) {
+                Ok(0) => break,
+                Ok(k) => got = got.saturating_add(k),
+                Err(e) => {
+                    return Err(FsError::Read {
+                        path: escape(path.as_bytes()),
+                        source: e,
+                    });
                 }
-            };
-            if let Some(s) = &entry.initrd_secrets {
-                log::warn!(
-                    "this generation declares initrd secrets ({}); a dom0 loader cannot run the guest's appender, booting without them",
-                    escape(s.as_bytes())
-                );
             }
-            let line = cmdline::build(Some(&entry.init), &entry.kernel_params, req.args.as_deref())?;
-            (select::label(&entry, mtime), entry.kernel, entry.initrd, line)
         }
+        h.update(buf.get(..got).unwrap_or_default());
+        Ok(())
     };
-    let (_, _, kernel_len) = fs
-        .open_regular(kernel.as_bytes(), req.max_kernel)
-        .map_err(|e| too_large("kernel", e))?;
-    let initrd = match initrd {
+    read(&mut f, len.min(SAMPLE), &mut h)?;
+    if len > SAMPLE {
+        f.seek_to(len.saturating_sub(SAMPLE)).map_err(|e| FsError::Read {
+            path: escape(path.as_bytes()),
+            source: e,
+        })?;
+        read(&mut f, SAMPLE, &mut h)?;
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Is `entry` bootable: kernel and initrd regular files within the caps,
+/// and the kernel a Xen PV kernel? `Err` is the reason, for the console.
+pub fn bootable(fs: &GuestFs, kernel: &str, initrd: Option<&str>, req: &Request) -> Result<Checked, String> {
+    let ek = |e: FsError| format!("kernel {}: {e}", escape(kernel.as_bytes()));
+    let (_, file, kernel_len) = fs.open_regular(kernel.as_bytes(), req.max_kernel).map_err(ek)?;
+    let initrd_len = match initrd {
         Some(p) => {
             let (_, _, len) = fs
                 .open_regular(p.as_bytes(), req.max_initrd)
-                .map_err(|e| too_large("initrd", e))?;
-            Some((p, len))
+                .map_err(|e| format!("initrd {}: {e}", escape(p.as_bytes())))?;
+            Some(len)
         }
         None => None,
+    };
+    let key = kernel_key(fs, kernel, kernel_len).map_err(ek)?;
+    if req.known_pv.contains(&key) {
+        log::debug!(
+            "kernel {} already known to be a Xen PV kernel",
+            escape(kernel.as_bytes())
+        );
+        return Ok(Checked {
+            kernel_len,
+            initrd_len,
+            key,
+            verified_now: false,
+        });
+    }
+    let reopen = |off: u64| -> std::io::Result<ext4_view::File> {
+        let (_, mut f, _) = fs
+            .open_regular(kernel.as_bytes(), req.max_kernel)
+            .map_err(std::io::Error::other)?;
+        f.seek_to(off).map_err(std::io::Error::other)?;
+        Ok(f)
+    };
+    match kernel::check(file, kernel_len, reopen) {
+        Ok(kernel::Verdict::XenPv) => Ok(Checked {
+            kernel_len,
+            initrd_len,
+            key,
+            verified_now: true,
+        }),
+        Ok(kernel::Verdict::Unverified(why)) => {
+            log::warn!("kernel {}: {why}", escape(kernel.as_bytes()));
+            Ok(Checked {
+                kernel_len,
+                initrd_len,
+                key,
+                verified_now: false,
+            })
+        }
+        Err(e) => Err(format!("kernel {} {e}", escape(kernel.as_bytes()))),
+    }
+}
+
+fn secrets_warning(entry: &BootEntry) {
+    if let Some(s) = &entry.initrd_secrets {
+        log::warn!(
+            "this generation declares initrd secrets ({}); a dom0 loader cannot run the guest's appender, booting without them",
+            escape(s.as_bytes())
+        );
+    }
+}
+
+/// The default entry, or, if it is not bootable, the newest older
+/// bootable generation (said loudly on the console).
+fn default_or_fallback(fs: &GuestFs, req: &Request) -> Result<(BootEntry, Option<i64>, Checked), Error> {
+    let g = select::default_generation(fs)?;
+    let first_problem = match bootable(fs, &g.entry.kernel, g.entry.initrd.as_deref(), req) {
+        Ok(c) => return Ok((g.entry, g.mtime, c)),
+        Err(p) => p,
+    };
+    let name = select::label(&g.entry, g.mtime);
+    log::warn!("*** the default entry {name} is not bootable: {first_problem}");
+    let profile = nixos::read_profile(fs)?;
+    let older = profile.links.iter().filter(|l| g.number.is_none_or(|n| l.number < n));
+    let mut problems = vec![format!("{name}: {first_problem}")];
+    for link in older {
+        let cand = match nixos::load_generation(fs, &nixos::link_path(link.number), Some(link.number)) {
+            Ok(c) => c,
+            Err(e) => {
+                problems.push(format!("generation {}: {e}", link.number));
+                continue;
+            }
+        };
+        match bootable(fs, &cand.entry.kernel, cand.entry.initrd.as_deref(), req) {
+            Ok(c) => {
+                log::warn!(
+                    "*** falling back to {} (the newest older bootable generation)",
+                    select::label(&cand.entry, cand.mtime)
+                );
+                return Ok((cand.entry, cand.mtime, c));
+            }
+            Err(p) => problems.push(format!("generation {}: {p}", link.number)),
+        }
+        if problems.len() > 8 {
+            break;
+        }
+    }
+    Err(Error::Guest(GuestError::Nixos(NixosError::UnknownEntry(format!(
+        "no bootable generation ({})",
+        problems.join("; ")
+    )))))
+}
+
+fn not_bootable(label: &str, why: String) -> Error {
+    Error::Guest(GuestError::Nixos(NixosError::UnknownEntry(format!(
+        "{label} is not bootable: {why}"
+    ))))
+}
+
+/// Decide what to boot.
+pub fn plan(fs: &GuestFs, found_in: &Candidate, req: &Request) -> Result<Plan, Error> {
+    let (label, kernel, initrd, cmdline, checked) = match &req.selection {
+        Selection::Paths { kernel, ramdisk } => {
+            let line = cmdline::build(None, &[], req.args.as_deref())?;
+            let label = format!("{kernel} (from --kernel)");
+            let c = bootable(fs, kernel, ramdisk.as_deref(), req).map_err(|w| not_bootable(&label, w))?;
+            (label, kernel.clone(), ramdisk.clone(), line, c)
+        }
+        Selection::Entry(spec) => {
+            let (entry, mtime) = select::select(fs, &select::parse_entry(spec))?;
+            secrets_warning(&entry);
+            let line = cmdline::build(Some(&entry.init), &entry.kernel_params, req.args.as_deref())?;
+            let label = select::label(&entry, mtime);
+            let c = bootable(fs, &entry.kernel, entry.initrd.as_deref(), req).map_err(|w| not_bootable(&label, w))?;
+            (label, entry.kernel, entry.initrd, line, c)
+        }
+        Selection::Default => {
+            let (entry, mtime, c) = default_or_fallback(fs, req)?;
+            secrets_warning(&entry);
+            let line = cmdline::build(Some(&entry.init), &entry.kernel_params, req.args.as_deref())?;
+            (select::label(&entry, mtime), entry.kernel, entry.initrd, line, c)
+        }
+    };
+    let cmdline = match &req.cmdline_override {
+        Some(line) => {
+            cmdline::check_value("edited command line", line)?;
+            if line.len() > crate::limits::MAX_CMDLINE {
+                return Err(cmdline::CmdlineError::TooLong(line.len()).into());
+            }
+            log::info!("using the command line edited at the console");
+            line.clone()
+        }
+        None => cmdline,
+    };
+    let initrd = match (initrd, checked.initrd_len) {
+        (Some(p), Some(len)) => Some((p, len)),
+        _ => None,
     };
     Ok(Plan {
         label,
         kernel,
-        kernel_len,
+        kernel_len: checked.kernel_len,
         initrd,
         cmdline,
         found_in: found_in.to_string(),
+        kernel_key: checked.key,
+        kernel_verified: checked.verified_now,
     })
-}
-
-fn too_large(what: &'static str, e: FsError) -> Error {
-    match e {
-        FsError::TooLarge { path, len, cap } => Error::Guest(GuestError::TooLarge { what, path, len, cap }),
-        e => Error::Guest(GuestError::Nixos(NixosError::Fs { what, source: e })),
-    }
 }
 
 /// Stream one guest file as frames of `tag`, exactly `len` bytes.
@@ -196,44 +361,52 @@ fn send_file(fs: &GuestFs, path: &str, cap: u64, len: u64, tag: Tag, out: &mut d
     Ok(())
 }
 
-/// List every generation of the profile.
-pub fn list(fs: &GuestFs) -> Result<Listing, Error> {
+/// List every generation of the profile, each with its bootable check
+/// (kernel checks are shared between generations with the same files).
+pub fn list(fs: &GuestFs, req: &Request) -> Result<Listing, Error> {
     let profile = nixos::read_profile(fs)?;
     let current = match &profile.current {
         nixos::Current::Generation(n) => Some(*n),
         nixos::Current::Direct(_) => None,
     };
-    let mut generations = Vec::with_capacity(profile.links.len());
+    let mut memo: std::collections::HashMap<(String, Option<String>), Option<String>> = Default::default();
+    let mut listed = |loaded: Result<nixos::Generation, NixosError>, number, mtime, current| {
+        let (generation, problem) = match loaded {
+            Ok(g) => {
+                let key = (g.entry.kernel.clone(), g.entry.initrd.clone());
+                let problem = memo
+                    .entry(key)
+                    .or_insert_with(|| bootable(fs, &g.entry.kernel, g.entry.initrd.as_deref(), req).err())
+                    .clone();
+                (Some(g), problem)
+            }
+            Err(e) => (None, Some(e.to_string())),
+        };
+        Listed {
+            generation,
+            number,
+            current,
+            mtime,
+            problem,
+        }
+    };
+    let mut generations = Vec::with_capacity(profile.links.len().saturating_add(1));
+    if current.is_none() {
+        generations.push(listed(
+            nixos::load_generation(fs, SYSTEM_PROFILE, None),
+            None,
+            None,
+            true,
+        ));
+    }
     for link in &profile.links {
         let loaded = nixos::load_generation(fs, &nixos::link_path(link.number), Some(link.number));
-        let (generation, problem) = match loaded {
-            Ok(g) => (Some(g), None),
-            Err(e) => (None, Some(e.to_string())),
-        };
-        generations.push(Listed {
-            generation,
-            number: Some(link.number),
-            current: current == Some(link.number),
-            mtime: Some(link.mtime),
-            problem,
-        });
-    }
-    if current.is_none() {
-        let g = nixos::load_generation(fs, SYSTEM_PROFILE, None);
-        let (generation, problem) = match g {
-            Ok(g) => (Some(g), None),
-            Err(e) => (None, Some(e.to_string())),
-        };
-        generations.insert(
-            0,
-            Listed {
-                generation,
-                number: None,
-                current: true,
-                mtime: None,
-                problem,
-            },
-        );
+        generations.push(listed(
+            loaded,
+            Some(link.number),
+            Some(link.mtime),
+            current == Some(link.number),
+        ));
     }
     Ok(Listing { generations })
 }
@@ -248,7 +421,7 @@ pub fn run(src: Rc<dyn BlockSource>, req: &Request, out: &mut dyn Write) -> Resu
     let (fs, found_in) = open_system(src, req.offset, &want)?;
     match req.mode {
         Mode::List => {
-            let l = list(&fs)?;
+            let l = list(&fs, req)?;
             ipc::write_json(out, Tag::Listing, &l).map_err(|e| Error::host("sending listing", e))?;
         }
         Mode::Boot => {

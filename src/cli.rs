@@ -112,6 +112,11 @@ pub struct BootArgs {
     /// Debug logging (pygrub compatibility; same as -vv).
     #[arg(long)]
     pub debug: bool,
+    /// Seconds the console menu counts down before booting the default
+    /// (0: no menu). The menu appears only on a terminal, without -q,
+    /// --entry or --kernel.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    pub timeout: u64,
     /// Resolve and print what would boot; copy nothing, write no result.
     #[arg(short = 'n', long)]
     pub not_really: bool,

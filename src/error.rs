@@ -161,31 +161,45 @@ pub fn escape(bytes: &[u8]) -> String {
     Escaped(bytes).to_string()
 }
 
-/// Display adapter behind [`escape`].
+/// Display adapter behind [`escape`]: quoted.
 pub struct Escaped<'a>(pub &'a [u8]);
+
+/// Like [`Escaped`], without the quotes (for tables).
+pub struct EscapedBare<'a>(pub &'a [u8]);
 
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("\"")?;
-        for chunk in self.0.utf8_chunks() {
-            for c in chunk.valid().chars() {
-                match c {
-                    '"' => f.write_str("\\\"")?,
-                    '\\' => f.write_str("\\\\")?,
-                    '\n' => f.write_str("\\n")?,
-                    '\t' => f.write_str("\\t")?,
-                    '\r' => f.write_str("\\r")?,
-                    '\0' => f.write_str("\\0")?,
-                    c if c.is_control() => write!(f, "\\u{{{:04x}}}", u32::from(c))?,
-                    c => write!(f, "{c}")?,
-                }
-            }
-            for b in chunk.invalid() {
-                write!(f, "\\x{b:02X}")?;
-            }
-        }
+        write_escaped(f, self.0)?;
         f.write_str("\"")
     }
+}
+
+impl fmt::Display for EscapedBare<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_escaped(f, self.0)
+    }
+}
+
+fn write_escaped(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '"' => f.write_str("\\\"")?,
+                '\\' => f.write_str("\\\\")?,
+                '\n' => f.write_str("\\n")?,
+                '\t' => f.write_str("\\t")?,
+                '\r' => f.write_str("\\r")?,
+                '\0' => f.write_str("\\0")?,
+                c if c.is_control() => write!(f, "\\u{{{:04x}}}", u32::from(c))?,
+                c => write!(f, "{c}")?,
+            }
+        }
+        for b in chunk.invalid() {
+            write!(f, "\\x{b:02X}")?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

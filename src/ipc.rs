@@ -70,6 +70,11 @@ pub struct Plan {
     pub cmdline: String,
     /// Where the filesystem was found.
     pub found_in: String,
+    /// The kernel's cache key.
+    pub kernel_key: String,
+    /// Whether the kernel was found to be a Xen PV kernel by decompressing
+    /// it in this run.
+    pub kernel_verified: bool,
 }
 
 /// Every generation, for `list` and the menu.

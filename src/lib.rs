@@ -10,15 +10,18 @@
 
 pub mod app;
 pub mod boot;
+pub mod cache;
 pub mod cli;
 pub mod cmdline;
 pub mod disk;
 pub mod error;
 pub mod guestfs;
 pub mod ipc;
+pub mod kernel;
 pub mod limits;
 pub mod list;
 pub mod logging;
+pub mod menu;
 pub mod nixos;
 pub mod output;
 pub mod part;

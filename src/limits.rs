@@ -88,3 +88,7 @@ pub const CHILD_DEADLINE_SECS: u64 = 60;
 
 /// Bytes of a kernel payload decompressed to look for Xen ELF notes.
 pub const MAX_KERNEL_DECOMPRESSED: u64 = 256 * MIB;
+
+/// Kernels remembered as PV-bootable in the dom0 cache (positive results
+/// only; see `boot::kernel_key`).
+pub const MAX_KNOWN_KERNELS: usize = 4096;

@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use crate::error::Escaped;
+use crate::error::EscapedBare as Escaped;
 use crate::ipc::Listing;
 use crate::nixos::select::{label, rfc3339};
 
