@@ -517,37 +517,7 @@ pub fn check<R: Read>(
 pub(crate) mod tests {
     use super::*;
 
-    /// A minimal ELF64 with the given Xen note types, padded to `size`.
-    pub(crate) fn elf(note_types: &[u32], size: usize) -> Vec<u8> {
-        let mut notes = Vec::new();
-        for t in note_types {
-            notes.extend_from_slice(&4u32.to_le_bytes());
-            notes.extend_from_slice(&8u32.to_le_bytes());
-            notes.extend_from_slice(&t.to_le_bytes());
-            notes.extend_from_slice(b"Xen\0");
-            notes.extend_from_slice(&0xffffffff81000000u64.to_le_bytes());
-        }
-        let mut e = vec![0u8; 64 + 2 * 56];
-        e[..4].copy_from_slice(b"\x7fELF");
-        e[4] = 2;
-        e[5] = 1;
-        e[6] = 1;
-        e[16] = 2;
-        e[18] = 62;
-        e[32..40].copy_from_slice(&64u64.to_le_bytes());
-        e[54..56].copy_from_slice(&56u16.to_le_bytes());
-        e[56..58].copy_from_slice(&2u16.to_le_bytes());
-        // PT_LOAD
-        e[64..68].copy_from_slice(&1u32.to_le_bytes());
-        // PT_NOTE at the end of the file, like vmlinux's notes after .text.
-        let note_off = size.max(e.len() + 4096) as u64;
-        e[120..124].copy_from_slice(&4u32.to_le_bytes());
-        e[128..136].copy_from_slice(&note_off.to_le_bytes());
-        e[152..160].copy_from_slice(&(notes.len() as u64).to_le_bytes());
-        e.resize(note_off as usize, 0xcc);
-        e.extend_from_slice(&notes);
-        e
-    }
+    use crate::fixtures::pv_elf as elf;
 
     fn bzimage(payload: &[u8]) -> Vec<u8> {
         let mut b = vec![0u8; 5 * 512];

@@ -15,6 +15,8 @@ pub mod cli;
 pub mod cmdline;
 pub mod disk;
 pub mod error;
+#[doc(hidden)]
+pub mod fixtures;
 pub mod guestfs;
 pub mod ipc;
 pub mod kernel;
