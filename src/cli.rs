@@ -29,6 +29,10 @@ on stderr says whether the guest disk or dom0 is at fault), 2 on usage errors.";
 #[derive(Debug, Parser)]
 #[command(name = "nixboot", version, about, after_help = AFTER_HELP)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+// getopt (pygrub) lets a repeated option's last value win; libxl adds
+// `--quiet` in restricted mode and admins keep pygrub's
+// `bootloader_args = ["-q"]`, so a repeat must not be a usage error.
+#[command(args_override_self = true)]
 pub struct Cli {
     /// Boot options (the libxl/pygrub argv).
     #[command(flatten)]
@@ -259,6 +263,16 @@ mod tests {
         assert!(parse(&["--ramdisk=/x", "d"]).is_err());
         assert!(parse(&["--max-kernel-size=2G", "d"]).is_err());
         assert!(parse(&["a", "b"]).is_err());
+    }
+
+    #[test]
+    fn repeated_options_override_like_getopt() {
+        let b = parse(&["--quiet", "--entry=1", "-q", "--entry=2", "--args=a", "--args=b", "d"])
+            .unwrap()
+            .boot;
+        assert!(b.quiet);
+        assert_eq!(b.entry.as_deref(), Some("2"));
+        assert_eq!(b.args.as_deref(), Some("b"));
     }
 
     #[test]
