@@ -156,6 +156,21 @@ impl BootArgs {
     }
 }
 
+/// clap's message as one line: its lines up to the first blank one (the
+/// usage block follows), trimmed and joined. Some messages put what they
+/// are about on the following lines ("the following required arguments
+/// were not provided:" / "  <DISK>"), so the first line alone names nothing.
+fn one_line(text: &str) -> String {
+    let msg: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+    let msg = msg.join(" ");
+    let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
+    if msg.is_empty() {
+        "invalid arguments".to_owned()
+    } else {
+        msg.to_owned()
+    }
+}
+
 /// Parse `args` and run; the process exit code.
 pub fn main(args: Vec<OsString>) -> ExitCode {
     let cli = match Cli::try_parse_from(args) {
@@ -166,10 +181,10 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("nixboot: error: usage: {first} (see nixboot --help)");
+            eprintln!(
+                "nixboot: error: usage: {} (see nixboot --help)",
+                one_line(&e.to_string())
+            );
             return ExitCode::from(2);
         }
     };
@@ -273,6 +288,21 @@ mod tests {
         assert!(b.quiet);
         assert_eq!(b.entry.as_deref(), Some("2"));
         assert_eq!(b.args.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn usage_messages_keep_their_detail_lines() {
+        let e = parse(&["--ramdisk=/x", "d"]).unwrap_err();
+        assert_eq!(
+            one_line(&e.to_string()),
+            "the following required arguments were not provided: --kernel <PATH>"
+        );
+        let e = parse(&["--output=-"]).unwrap_err();
+        assert_eq!(
+            one_line(&e.to_string()),
+            "the following required arguments were not provided: <DISK>"
+        );
+        assert_eq!(one_line(""), "invalid arguments");
     }
 
     #[test]
