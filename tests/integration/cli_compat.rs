@@ -28,7 +28,8 @@ fn usage_errors_exit_2_with_one_clear_line() {
         (&["--max-kernel-size=2G"], "at most 1024M"),
         (&["--max-initrd-size=lots"], "\"lots\" is not a size"),
         (&["--runas=nobody"], "invalid value 'nobody' for '--runas <UID>'"),
-        (&["--entry"], "a value is required for '--entry <ENTRY>'"),
+        // `--entry` takes the disk as its value, like getopt would.
+        (&["--entry"], "required arguments were not provided: <DISK>"),
         (
             &["--ramdisk=/boot/initrd"],
             "required arguments were not provided: --kernel <PATH>",
