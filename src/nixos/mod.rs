@@ -115,9 +115,9 @@ pub struct Profile {
     pub current: Current,
 }
 
-/// List every `system-N-link` (the newest [`MAX_GENERATIONS`]).
-pub fn read_profile(fs: &GuestFs) -> Result<Profile, NixosError> {
-    let current = current(fs)?;
+/// The numbers of every `system-N-link`, newest first: one directory
+/// listing, no per-link reads.
+pub fn generation_numbers(fs: &GuestFs) -> Result<Vec<u64>, NixosError> {
     let entries = fs
         .list_dir(PROFILES_DIR.as_bytes())
         .map_err(fs_err("profile directory"))?;
@@ -128,6 +128,13 @@ pub fn read_profile(fs: &GuestFs) -> Result<Profile, NixosError> {
         .collect();
     numbers.sort_unstable_by(|a, b| b.cmp(a));
     numbers.dedup();
+    Ok(numbers)
+}
+
+/// List every `system-N-link` (the newest [`MAX_GENERATIONS`]).
+pub fn read_profile(fs: &GuestFs) -> Result<Profile, NixosError> {
+    let current = current(fs)?;
+    let mut numbers = generation_numbers(fs)?;
     if numbers.len() > MAX_GENERATIONS {
         log::warn!(
             "{} generations; only the newest {MAX_GENERATIONS} are considered",
