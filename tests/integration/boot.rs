@@ -330,3 +330,42 @@ fn fixture_generations_are_distinguishable() {
     assert!(k[0] != k[1] && k[1] != k[2] && k[0] != k[2]);
     assert_ne!(img.entry(2).cmdline(None), img.entry(3).cmdline(None));
 }
+
+/// A generation whose boot.json is broken still boots from the toplevel's
+/// own files, with one warning that says what was wrong with boot.json.
+#[test]
+fn invalid_boot_json_falls_back_to_toplevel_files() {
+    let top = crate::common::toplevel_of(2, None);
+    let tree = rolled_back().with(move |root| {
+        std::fs::write(
+            root.join(format!("{}/boot.json", top.trim_start_matches('/'))),
+            b"{\"org.nixos.bootspec.v1\": [",
+        )
+        .unwrap();
+    });
+    let Some(img) = tree.image(Layout::Bare, BlockSize::K4) else {
+        return;
+    };
+    let ran = libxl().run(&img.path);
+    let booted = ran.expect_boot();
+    booted.assert_kernel(&img.guest_bytes(&img.entry(2).kernel));
+    let args = booted.args.unwrap();
+    assert!(args.ends_with(" gen=2"), "{args}");
+    let warn: Vec<&str> = ran
+        .console
+        .lines()
+        .filter(|l| l.starts_with("nixboot: warn: "))
+        .collect();
+    assert_eq!(warn.len(), 1, "{}", ran.console);
+    let want = format!(
+        "nixboot: warn: \"{}/boot.json\": invalid boot.json: ",
+        img.entry(2).toplevel
+    );
+    assert!(warn[0].starts_with(&want), "{}", ran.console);
+    assert!(
+        warn[0].ends_with("; using the toplevel's files instead"),
+        "{}",
+        ran.console
+    );
+    assert!(!warn[0].contains("not a NixOS system"), "{}", ran.console);
+}

@@ -62,7 +62,7 @@ fn no_disk_is_a_usage_error_that_says_so() {
 
 #[test]
 fn missing_disk_is_a_dom0_error() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::common::tempdir("nixboot-cli.");
     let missing = dir.path().join("guest.img");
     let ran = libxl().run(&missing);
     ran.expect_error(
@@ -83,7 +83,7 @@ fn missing_disk_is_a_dom0_error() {
 #[test]
 fn result_file_and_directory_must_exist() {
     let Some(img) = small() else { return };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::common::tempdir("nixboot-cli.");
     let out = dir.path().join("bootloader.9.out");
     let d = dir.path().join("bootloader.9.d");
     fs::create_dir(&d).unwrap();
@@ -126,7 +126,7 @@ fn result_file_and_directory_must_exist() {
 fn output_formats_to_stdout() {
     let Some(img) = small() else { return };
     let e = img.entry(2);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::common::tempdir("nixboot-cli.");
     let run = |format: &str| {
         let d = dir.path().join(format);
         fs::create_dir(&d).unwrap();
@@ -191,7 +191,7 @@ fn libxl_argv_in_every_shape() {
     assert_eq!(booted.args.as_deref(), Some("-s console=hvc0"));
     assert_eq!(ran.console, "", "-q printed something");
     // Disk first, options after it.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::common::tempdir("nixboot-cli.");
     let out = dir.path().join("o");
     fs::write(&out, b"").unwrap();
     let ran = run_pty(

@@ -119,6 +119,27 @@ fn os(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
 }
 
+/// Where test scratch directories go: `$NIXBOOT_TEST_TMPDIR`, else
+/// `/dev/shm` when it is a writable directory (trees of thousands of small
+/// files and sparse multi-GiB images cost only memory there, and removing
+/// them is instant), else the system temp dir.
+pub fn scratch_root() -> PathBuf {
+    if let Some(d) = std::env::var_os("NIXBOOT_TEST_TMPDIR") {
+        return PathBuf::from(d);
+    }
+    let shm = Path::new("/dev/shm");
+    let writable = shm.is_dir() && tempfile::tempdir_in(shm).is_ok();
+    if writable { shm.to_owned() } else { std::env::temp_dir() }
+}
+
+/// A new scratch directory under [`scratch_root`], removed on drop.
+pub fn tempdir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(scratch_root())
+        .unwrap()
+}
+
 // ---------------------------------------------------------------------------
 // Guest content
 
@@ -592,7 +613,7 @@ impl Tree {
         if !have(tools) {
             return None;
         }
-        let dir = tempfile::Builder::new().prefix("nixboot-it.").tempdir().unwrap();
+        let dir = tempdir("nixboot-it.");
         let tree = dir.path().join("tree");
         fs::create_dir(&tree).unwrap();
         let gens = self.write(&tree);
@@ -788,9 +809,13 @@ fn tree_size(root: &Path) -> (u64, u64) {
             entries += 1;
             if m.is_dir() {
                 todo.push(e.path());
+                bytes += 4096;
             } else if m.is_file() {
                 // Allocated size: sparse files cost only their data.
                 bytes += m.blocks() * 512 + 4096;
+            } else if m.is_symlink() && m.len() >= 60 {
+                // A slow symlink: one block for its target.
+                bytes += 4096;
             }
         }
     }
@@ -871,11 +896,25 @@ impl Image {
     /// Run `debugfs -w -R cmd` on the filesystem (bare images only, or
     /// `None` after a skip when debugfs is missing).
     pub fn debugfs(&self, cmd: &str) -> Option<()> {
+        self.debugfs_script(&[cmd])
+    }
+
+    /// Run several debugfs requests in one session (`-f`), e.g. `cd /dev`
+    /// then `mknod xvda b 202 0` (debugfs's mknod takes a plain name).
+    pub fn debugfs_script(&self, cmds: &[&str]) -> Option<()> {
         assert_eq!(self.layout, Layout::Bare, "debugfs edits need a bare image");
         if !have(&["debugfs"]) {
             return None;
         }
-        let a = vec![OsString::from("-w"), "-R".into(), cmd.into(), self.path.clone().into()];
+        let script = self.scratch("debugfs.cmds");
+        fs::write(&script, cmds.join("\n") + "\n").unwrap();
+        let cmd = cmds.join("; ");
+        let a = vec![
+            OsString::from("-w"),
+            "-f".into(),
+            script.into(),
+            self.path.clone().into(),
+        ];
         let path = tool("debugfs").unwrap();
         let out = Command::new(path)
             .args(&a)
@@ -1136,7 +1175,7 @@ impl Libxl {
     /// Run nixboot on `disk` as libxl would: fresh `bootloader.<domid>.out`
     /// (empty, 0600) and `bootloader.<domid>.d` (0600) in a scratch dir.
     pub fn run(&self, disk: &Path) -> Ran {
-        let scratch = tempfile::Builder::new().prefix("nixboot-xl.").tempdir().unwrap();
+        let scratch = tempdir("nixboot-xl.");
         let out = scratch.path().join("bootloader.7.out");
         let dir = scratch.path().join("bootloader.7.d");
         fs::OpenOptions::new()
