@@ -10,8 +10,8 @@ use crate::cli::{BootArgs, ListArgs};
 use crate::cmdline;
 use crate::disk::Disk;
 use crate::error::{Error, Fault};
-use crate::ipc::{Listing, Plan, Tag};
-use crate::limits::{DEFAULT_MAX_INITRD, DEFAULT_MAX_KERNEL, MAX_CMDLINE};
+use crate::ipc::{Listed, Listing, Plan, Tag};
+use crate::limits::{DEFAULT_MAX_INITRD, DEFAULT_MAX_KERNEL, MAX_CMDLINE, MAX_GENERATIONS, MAX_LISTING};
 use crate::output::{self, BootResult, OutFile, OutputDir, ResultSink};
 use crate::sandbox::{self, Confinement};
 
@@ -233,10 +233,18 @@ pub fn list(l: &ListArgs) -> Result<(), Error> {
         runas: None,
         verbosity: 1u8.saturating_add(l.verbose),
     };
-    let mut listing: Option<Listing> = None;
+    // One Listing frame per generation, within a count and a byte budget.
+    let mut generations: Vec<Listed> = Vec::new();
+    let mut bytes: usize = 0;
     sandbox::run_child(&disk, &request, &confinement, |tag, data| match tag {
-        Tag::Listing if listing.is_none() => {
-            listing = Some(
+        Tag::Listing => {
+            bytes = bytes.saturating_add(data.len());
+            if generations.len() > MAX_GENERATIONS || bytes > MAX_LISTING {
+                return Err(guest(format!(
+                    "the parser sent more than {MAX_GENERATIONS} generations or {MAX_LISTING} bytes of listing"
+                )));
+            }
+            generations.push(
                 serde_json::from_slice(data)
                     .map_err(|e| guest(format!("the parser sent a malformed listing ({e})")))?,
             );
@@ -244,7 +252,7 @@ pub fn list(l: &ListArgs) -> Result<(), Error> {
         }
         _ => Err(guest("the parser sent an unexpected frame".into())),
     })?;
-    let listing = listing.ok_or_else(|| guest("the parser finished without a listing".into()))?;
+    let listing = Listing { generations };
     let mut o = std::io::stdout().lock();
     let text = if l.json {
         crate::list::json(&listing)

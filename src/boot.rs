@@ -248,8 +248,11 @@ pub fn run(src: Rc<dyn BlockSource>, req: &Request, out: &mut dyn Write) -> Resu
     let (fs, found_in) = open_system(src, req.offset, &want)?;
     match req.mode {
         Mode::List => {
-            let l = list(&fs)?;
-            ipc::write_json(out, Tag::Listing, &l).map_err(|e| Error::host("sending listing", e))?;
+            // One frame per generation: a whole listing of thousands of
+            // generations is larger than one frame (`MAX_FRAME`).
+            for g in list(&fs)?.generations {
+                ipc::write_json(out, Tag::Listing, &g).map_err(|e| Error::host("sending listing", e))?;
+            }
         }
         Mode::Boot => {
             let p = plan(&fs, &found_in, req)?;
