@@ -541,3 +541,57 @@ fn kernel_made_of_a_guest_directory_or_missing_file() {
     hostile(libxl().kernel("/nix/store"), &img)
         .expect_guest_error(&["kernel: \"/nix/store\" is a directory, not a regular file"]);
 }
+
+/// `nixboot list` on a profile whose listing is larger than one frame
+/// between the parse child and the parent (4 MiB): 300 generations whose
+/// boot.json carries 256 long kernel parameters (~16 KiB each). Thousands
+/// of ordinary generations reach the same size.
+#[test]
+fn list_larger_than_one_frame() {
+    if !prlimit() {
+        return;
+    }
+    let long: Vec<String> = (0..256)
+        .map(|i| format!("nixboot.test.param{i:03}={}", "p".repeat(40)))
+        .collect();
+    let params: Vec<&str> = long.iter().map(String::as_str).collect();
+    let tree = Tree::nixos()
+        .generation(1, Style::Bootspec)
+        .params(&params)
+        .current(1)
+        .with(|root| {
+            let dir = root.join(common::PROFILES.trim_start_matches('/'));
+            for n in 2..=300u64 {
+                std::os::unix::fs::symlink(toplevel_of(1, None), dir.join(format!("system-{n}-link"))).unwrap();
+            }
+        });
+    let Some(img) = tree.image(Layout::Bare, BlockSize::K4) else {
+        return;
+    };
+    let ran = common::run_pty(
+        &common::tool("prlimit").unwrap(),
+        &[
+            format!("--as={CAP}").into(),
+            "--".into(),
+            common::NIXBOOT.into(),
+            "list".into(),
+            "--json".into(),
+            img.path.clone().into(),
+        ],
+        common::RUN_TIMEOUT,
+    );
+    ran.assert_ended_cleanly();
+    assert!(ran.elapsed < QUICK, "list took {:?}", ran.elapsed);
+    assert_eq!(
+        ran.status.code(),
+        Some(0),
+        "{}",
+        ran.error_lines().first().copied().unwrap_or("")
+    );
+    let v: serde_json::Value = serde_json::from_str(&ran.console).unwrap();
+    let gens = v["generations"].as_array().unwrap();
+    assert_eq!(gens.len(), 300);
+    assert_eq!(gens[0]["generation"], 300);
+    assert_eq!(gens[299]["kernelParams"].as_array().unwrap().len(), 257);
+    assert!(ran.console.len() > 4 << 20, "listing of {} bytes", ran.console.len());
+}
