@@ -595,3 +595,29 @@ fn list_larger_than_one_frame() {
     assert_eq!(gens[299]["kernelParams"].as_array().unwrap().len(), 257);
     assert!(ran.console.len() > 4 << 20, "listing of {} bytes", ran.console.len());
 }
+
+/// The initrd's extent points far beyond the filesystem: the plan is
+/// accepted and the kernel is copied, then reading the initrd fails. The
+/// kernel copy already in the output directory must be removed again and
+/// the result file stay empty.
+#[test]
+fn unreadable_initrd_after_the_kernel_copy_leaves_nothing() {
+    if !prlimit() {
+        return;
+    }
+    let Some(img) = one_gen(Style::Legacy).image(Layout::Bare, BlockSize::K4) else {
+        return;
+    };
+    let initrd = img.entry(1).initrd.clone().unwrap();
+    // i_block[5] is the first extent's physical start (ee_start_lo).
+    let Some(()) = img.debugfs(&format!("sif {initrd} block[5] 0x7fffff00")) else {
+        return;
+    };
+    let ran = hostile(libxl(), &img);
+    ran.expect_guest_error(&[&format!("cannot read \"{initrd}\": corrupt filesystem")]);
+    // The plan itself is fine (`-n` reads no data), so the failure came
+    // while streaming data, after the kernel (sent first) was copied.
+    let ran = hostile(libxl().bootloader_args(&["-n"]), &img);
+    assert_eq!(ran.status.code(), Some(0), "{}", ran.console);
+    assert!(ran.console.contains(&format!("initrd  {initrd} (")), "{}", ran.console);
+}
