@@ -21,8 +21,6 @@
 //! A test that needs a tool that is missing prints `skipped: …` and
 //! returns; with `CI=true` or `NIXBOOT_REQUIRE_TOOLS=1` that skip panics.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
@@ -578,7 +576,7 @@ impl Tree {
             let link = host(&link_of(g.n));
             symlink(&entry.toplevel, &link).unwrap();
             set_link_mtime(&link, mtime_of(g.n));
-            out.insert(g.n, Generation { n: g.n, entry, specs });
+            out.insert(g.n, Generation { entry, specs });
         }
         if let Some(n) = self.current {
             let link = host(&format!("{PROFILES}/system"));
@@ -698,7 +696,6 @@ impl Tree {
             tree,
             gens,
             fs_offset,
-            fs_len,
             layout,
             dir,
         })
@@ -842,8 +839,6 @@ pub fn sfdisk_parts(img: &Path) -> Vec<(u64, u64)> {
 /// What one generation should boot.
 #[derive(Clone, Debug)]
 pub struct Generation {
-    /// Its number.
-    pub n: u64,
     /// The generation itself.
     pub entry: Entry,
     /// Its specialisations.
@@ -860,8 +855,6 @@ pub struct Image {
     pub gens: BTreeMap<u64, Generation>,
     /// Byte offset of the ext4 filesystem on the disk.
     pub fs_offset: u64,
-    /// Its length.
-    pub fs_len: u64,
     /// The layout.
     pub layout: Layout,
     dir: tempfile::TempDir,
@@ -1103,7 +1096,6 @@ pub struct Libxl {
     runas: Option<u32>,
     bootloader_args: Vec<String>,
     address_space: Option<u64>,
-    timeout: Option<Duration>,
 }
 
 impl Libxl {
@@ -1136,11 +1128,6 @@ impl Libxl {
     /// process tree).
     pub fn address_space(mut self, bytes: u64) -> Self {
         self.address_space = Some(bytes);
-        self
-    }
-    /// Deadline for this run.
-    pub fn timeout(mut self, d: Duration) -> Self {
-        self.timeout = Some(d);
         self
     }
 
@@ -1188,7 +1175,7 @@ impl Libxl {
         fs::create_dir(&dir).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o600)).unwrap();
         let argv = self.argv(&out, &dir, disk);
-        let timeout = self.timeout.unwrap_or(RUN_TIMEOUT);
+        let timeout = RUN_TIMEOUT;
         let mut ran = match self.address_space {
             None => run_pty(Path::new(NIXBOOT), &argv, timeout),
             Some(bytes) => {
