@@ -153,9 +153,18 @@ pub fn boot(a: &BootArgs) -> Result<(), Error> {
     let mut initrd: Option<Incoming> = None;
     sandbox::run_child(&disk, &request, &confinement, |tag, data| match tag {
         Tag::Plan if plan.is_none() => {
-            let p: Plan =
+            let mut p: Plan =
                 serde_json::from_slice(data).map_err(|e| guest(format!("the parser sent a malformed plan ({e})")))?;
             check_plan(&p, a)?;
+            // Only shown on the console (the data comes by frames): the
+            // label and paths are guest strings and may hold escape
+            // sequences. The command line is already checked.
+            p.label = sandbox::sanitize(&p.label);
+            p.kernel = sandbox::sanitize(&p.kernel);
+            p.found_in = sandbox::sanitize(&p.found_in);
+            if let Some((path, _)) = &mut p.initrd {
+                *path = sandbox::sanitize(path);
+            }
             if request.send_data {
                 kernel = Some(Incoming::new(dir.as_ref(), "boot_kernel.", p.kernel_len)?);
                 initrd = p

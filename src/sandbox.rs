@@ -284,9 +284,10 @@ fn describe(status: std::process::ExitStatus) -> String {
     )
 }
 
-/// Strip anything a compromised child might put in its message to attack
-/// the console: control characters become `?`.
-fn sanitize(s: &str) -> String {
+/// Strip anything a compromised child (or a guest string it passes on)
+/// might use to attack the console: control characters become `?`, and
+/// the text is cut at 2,048 characters.
+pub fn sanitize(s: &str) -> String {
     s.chars()
         .take(2048)
         .map(|c| if c.is_control() { '?' } else { c })
