@@ -621,3 +621,31 @@ fn unreadable_initrd_after_the_kernel_copy_leaves_nothing() {
     assert_eq!(ran.status.code(), Some(0), "{}", ran.console);
     assert!(ran.console.contains(&format!("initrd  {initrd} (")), "{}", ran.console);
 }
+
+/// Guest strings shown on the console (the menu label from
+/// `nixos-version`, the kernel and initrd paths) carrying terminal escape
+/// sequences: they may boot, but no raw ESC or other control byte may
+/// reach the pty (libxl copies it to the console and to
+/// /var/log/xen/bootloader.<domid>.log).
+#[test]
+fn escape_sequences_from_the_guest_never_reach_the_console() {
+    if !prlimit() {
+        return;
+    }
+    let top = toplevel_of(1, None);
+    let evil_kernel = "/nix/store/evil-\u{1b}]0;owned\u{7}-linux/bzImage".to_owned();
+    let tree = one_gen(Style::Legacy)
+        .file(&format!("{top}/nixos-version"), "24.11\u{1b}[2J\u{1b}]0;owned\u{7}")
+        .file(&evil_kernel, pv_kernel(70_000, 0xe5c))
+        .symlink(&format!("{top}/kernel"), &evil_kernel);
+    let Some(img) = tree.image(Layout::Bare, BlockSize::K4) else {
+        return;
+    };
+    for extra in [&[][..], &["-n"][..]] {
+        let ran = hostile(libxl().bootloader_args(extra), &img);
+        assert_eq!(ran.status.code(), Some(0), "{extra:?}: {}", ran.console);
+    }
+    let ran = common::nixboot(&["list", img.path.to_str().unwrap()]);
+    assert_eq!(ran.status.code(), Some(0), "{}", ran.console);
+    common::assert_console_safe(&ran);
+}
