@@ -530,16 +530,33 @@ fn gpt_header_claims_2_28_entries() {
     hostile(libxl(), &img).expect_guest_error(&[&format!("GPT: {limits}")]);
 }
 
+/// A boot.json naming a directory as the kernel, or a kernel that is not
+/// there: refused by type, or named as missing.
 #[test]
-fn kernel_made_of_a_guest_directory_or_missing_file() {
+fn bootspec_kernel_is_a_directory_or_missing() {
     if !prlimit() {
         return;
     }
-    let Some(img) = one_gen(Style::Bootspec).image(Layout::Bare, BlockSize::K4) else {
-        return;
-    };
-    hostile(libxl().kernel("/nix/store"), &img)
-        .expect_guest_error(&["kernel: \"/nix/store\" is a directory, not a regular file"]);
+    let bootjson = format!("{}/boot.json", toplevel_of(1, None));
+    for (kernel, want) in [
+        (
+            "/nix/store",
+            "kernel: \"/nix/store\" is a directory, not a regular file",
+        ),
+        ("/nix/store/nope/bzImage", "kernel: \"/nix/store/nope\" does not exist"),
+    ] {
+        let bootjson = bootjson.clone();
+        let tree = one_gen(Style::Bootspec).with(move |root| {
+            let p = root.join(bootjson.trim_start_matches('/'));
+            let mut doc: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+            doc["org.nixos.bootspec.v1"]["kernel"] = kernel.into();
+            fs::write(&p, serde_json::to_vec(&doc).unwrap()).unwrap();
+        });
+        let Some(img) = tree.image(Layout::Bare, BlockSize::K4) else {
+            return;
+        };
+        hostile(libxl(), &img).expect_guest_error(&[want]);
+    }
 }
 
 /// `nixboot list` on a profile whose listing is larger than one frame
