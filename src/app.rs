@@ -11,8 +11,8 @@ use crate::cli::{BootArgs, ListArgs};
 use crate::cmdline;
 use crate::disk::Disk;
 use crate::error::{Error, Fault};
-use crate::ipc::{Listing, Plan, Tag};
-use crate::limits::{DEFAULT_MAX_INITRD, DEFAULT_MAX_KERNEL, MAX_CMDLINE};
+use crate::ipc::{Listed, Listing, Plan, Tag};
+use crate::limits::{DEFAULT_MAX_INITRD, DEFAULT_MAX_KERNEL, MAX_CMDLINE, MAX_GENERATIONS, MAX_LISTING};
 use crate::output::{self, BootResult, OutFile, OutputDir, ResultSink};
 use crate::sandbox::{self, Confinement};
 
@@ -163,9 +163,18 @@ pub fn boot(a: &BootArgs) -> Result<(), Error> {
     let mut initrd: Option<Incoming> = None;
     sandbox::run_child(&disk, &request, &confinement, |tag, data| match tag {
         Tag::Plan if plan.is_none() => {
-            let p: Plan =
+            let mut p: Plan =
                 serde_json::from_slice(data).map_err(|e| guest(format!("the parser sent a malformed plan ({e})")))?;
             check_plan(&p, a)?;
+            // Only shown on the console (the data comes by frames): the
+            // label and paths are guest strings and may hold escape
+            // sequences. The command line is already checked.
+            p.label = sandbox::sanitize(&p.label);
+            p.kernel = sandbox::sanitize(&p.kernel);
+            p.found_in = sandbox::sanitize(&p.found_in);
+            if let Some((path, _)) = &mut p.initrd {
+                *path = sandbox::sanitize(path);
+            }
             if request.send_data {
                 kernel = Some(Incoming::new(dir.as_ref(), "boot_kernel.", p.kernel_len)?);
                 initrd = p
@@ -250,17 +259,26 @@ fn listing(disk: &Disk, offset: Option<u64>, known_pv: Vec<String>, verbosity: u
         cmdline_override: None,
     };
     let confinement = Confinement { runas: None, verbosity };
-    let mut listing: Option<Listing> = None;
+    // One Listing frame per generation, within a count and a byte budget.
+    let mut generations: Vec<Listed> = Vec::new();
+    let mut bytes: usize = 0;
     sandbox::run_child(disk, &request, &confinement, |tag, data| match tag {
-        Tag::Listing if listing.is_none() => {
-            let l = serde_json::from_slice(data)
-                .map_err(|e| guest(format!("the parser sent a malformed listing ({e})")))?;
-            listing = Some(l);
+        Tag::Listing => {
+            bytes = bytes.saturating_add(data.len());
+            if generations.len() > MAX_GENERATIONS || bytes > MAX_LISTING {
+                return Err(guest(format!(
+                    "the parser sent more than {MAX_GENERATIONS} generations or {MAX_LISTING} bytes of listing"
+                )));
+            }
+            generations.push(
+                serde_json::from_slice(data)
+                    .map_err(|e| guest(format!("the parser sent a malformed listing ({e})")))?,
+            );
             Ok(())
         }
         _ => Err(guest("the parser sent an unexpected frame".into())),
     })?;
-    listing.ok_or_else(|| guest("the parser finished without a listing".into()))
+    Ok(Listing { generations })
 }
 
 /// Show the console menu; the selection and any edited command line.

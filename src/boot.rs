@@ -161,16 +161,24 @@ pub fn kernel_key(fs: &GuestFs, path: &str, len: u64) -> Result<String, FsError>
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// `kernel "/p" is N bytes, over the C-byte limit` / `kernel: "/p" does not exist`.
+fn file_problem(what: &str, e: FsError) -> String {
+    match e {
+        FsError::TooLarge { path, len, cap } => format!("{what} {path} is {len} bytes, over the {cap}-byte limit"),
+        e => format!("{what}: {e}"),
+    }
+}
+
 /// Is `entry` bootable: kernel and initrd regular files within the caps,
 /// and the kernel a Xen PV kernel? `Err` is the reason, for the console.
 pub fn bootable(fs: &GuestFs, kernel: &str, initrd: Option<&str>, req: &Request) -> Result<Checked, String> {
-    let ek = |e: FsError| format!("kernel {}: {e}", escape(kernel.as_bytes()));
+    let ek = |e: FsError| file_problem("kernel", e);
     let (_, file, kernel_len) = fs.open_regular(kernel.as_bytes(), req.max_kernel).map_err(ek)?;
     let initrd_len = match initrd {
         Some(p) => {
             let (_, _, len) = fs
                 .open_regular(p.as_bytes(), req.max_initrd)
-                .map_err(|e| format!("initrd {}: {e}", escape(p.as_bytes())))?;
+                .map_err(|e| file_problem("initrd", e))?;
             Some(len)
         }
         None => None,
@@ -421,8 +429,11 @@ pub fn run(src: Rc<dyn BlockSource>, req: &Request, out: &mut dyn Write) -> Resu
     let (fs, found_in) = open_system(src, req.offset, &want)?;
     match req.mode {
         Mode::List => {
-            let l = list(&fs, req)?;
-            ipc::write_json(out, Tag::Listing, &l).map_err(|e| Error::host("sending listing", e))?;
+            // One frame per generation: a whole listing of thousands of
+            // generations is larger than one frame (`MAX_FRAME`).
+            for g in list(&fs, req)?.generations {
+                ipc::write_json(out, Tag::Listing, &g).map_err(|e| Error::host("sending listing", e))?;
+            }
         }
         Mode::Boot => {
             let p = plan(&fs, &found_in, req)?;

@@ -29,6 +29,10 @@ on stderr says whether the guest disk or dom0 is at fault), 2 on usage errors.";
 #[derive(Debug, Parser)]
 #[command(name = "nixboot", version, about, after_help = AFTER_HELP)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+// getopt (pygrub) lets a repeated option's last value win; libxl adds
+// `--quiet` in restricted mode and admins keep pygrub's
+// `bootloader_args = ["-q"]`, so a repeat must not be a usage error.
+#[command(args_override_self = true)]
 pub struct Cli {
     /// Boot options (the libxl/pygrub argv).
     #[command(flatten)]
@@ -157,6 +161,21 @@ impl BootArgs {
     }
 }
 
+/// clap's message as one line: its lines up to the first blank one (the
+/// usage block follows), trimmed and joined. Some messages put what they
+/// are about on the following lines ("the following required arguments
+/// were not provided:" / "  <DISK>"), so the first line alone names nothing.
+fn one_line(text: &str) -> String {
+    let msg: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+    let msg = msg.join(" ");
+    let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
+    if msg.is_empty() {
+        "invalid arguments".to_owned()
+    } else {
+        msg.to_owned()
+    }
+}
+
 /// Parse `args` and run; the process exit code.
 pub fn main(args: Vec<OsString>) -> ExitCode {
     let cli = match Cli::try_parse_from(args) {
@@ -167,10 +186,10 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("nixboot: error: usage: {first} (see nixboot --help)");
+            eprintln!(
+                "nixboot: error: usage: {} (see nixboot --help)",
+                one_line(&e.to_string())
+            );
             return ExitCode::from(2);
         }
     };
@@ -264,6 +283,31 @@ mod tests {
         assert!(parse(&["--ramdisk=/x", "d"]).is_err());
         assert!(parse(&["--max-kernel-size=2G", "d"]).is_err());
         assert!(parse(&["a", "b"]).is_err());
+    }
+
+    #[test]
+    fn repeated_options_override_like_getopt() {
+        let b = parse(&["--quiet", "--entry=1", "-q", "--entry=2", "--args=a", "--args=b", "d"])
+            .unwrap()
+            .boot;
+        assert!(b.quiet);
+        assert_eq!(b.entry.as_deref(), Some("2"));
+        assert_eq!(b.args.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn usage_messages_keep_their_detail_lines() {
+        let e = parse(&["--ramdisk=/x", "d"]).unwrap_err();
+        assert_eq!(
+            one_line(&e.to_string()),
+            "the following required arguments were not provided: --kernel <PATH>"
+        );
+        let e = parse(&["--output=-"]).unwrap_err();
+        assert_eq!(
+            one_line(&e.to_string()),
+            "the following required arguments were not provided: <DISK>"
+        );
+        assert_eq!(one_line(""), "invalid arguments");
     }
 
     #[test]

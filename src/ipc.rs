@@ -23,7 +23,7 @@ pub enum Tag {
     Kernel,
     /// A chunk of the initrd.
     Initrd,
-    /// [`Listing`] (JSON).
+    /// One [`Listed`] generation (JSON); a listing is a run of these.
     Listing,
     /// [`Failure`] (JSON).
     Failure,

@@ -79,6 +79,11 @@ pub const MAX_EBR_HOPS: u32 = 64;
 /// data is sent in chunks of at most this size too).
 pub const MAX_FRAME: usize = 4 * MIB as usize;
 
+/// Bytes of `nixboot list` output the parent accepts from the parse child
+/// in all (it arrives as one frame per generation; 10,000 ordinary
+/// generations are ~15 MiB).
+pub const MAX_LISTING: usize = 64 * MIB as usize;
+
 /// Address-space limit of the parse child (bytes).
 pub const CHILD_ADDRESS_SPACE: u64 = 512 * MIB;
 

@@ -44,9 +44,14 @@ pub fn table(l: &Listing) -> String {
         let n = g.number.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
         match &g.generation {
             Some(gen_) => {
+                let why = g
+                    .problem
+                    .as_ref()
+                    .map(|p| format!("  (not bootable: {})", Escaped(p.as_bytes())));
                 s.push_str(&format!(
-                    "{mark} {n:>5}  {}\n",
-                    Escaped(label(&gen_.entry, g.mtime).as_bytes())
+                    "{mark} {n:>5}  {}{}\n",
+                    Escaped(label(&gen_.entry, g.mtime).as_bytes()),
+                    why.unwrap_or_default()
                 ));
                 for sp in &gen_.specialisations {
                     s.push_str(&format!(

@@ -8,7 +8,8 @@
 //! entry's command line for this boot only (Enter boots it, Esc cancels),
 //! any key stops the countdown. EOF on stdin boots the default at once,
 //! and nothing waits past [`HARD_DEADLINE`]. Drawing is plain text with
-//! two vt100 sequences (home, clear to end of screen), so it reads fine
+//! no escape sequences (the list is reprinted when the selection changes,
+//! the countdown rewritten with a carriage return), so it reads the same
 //! in `/var/log/xen/bootloader.<domid>.log`; a 0x0 window is taken as
 //! 80x24.
 
@@ -177,16 +178,18 @@ impl State {
         Outcome::Continue
     }
 
-    /// The screen, as text (`\r\n` line ends).
-    pub fn render(&self, cols: usize, rows: usize, remaining: Option<u64>) -> String {
+    /// The menu as plain text lines (`\r\n` line ends), without the
+    /// countdown or edit line: no escape sequences, so it reads the same
+    /// on a console and in the bootloader log.
+    pub fn render(&self, cols: usize, rows: usize) -> String {
         let width = cols.max(20);
         let clip = |s: String| -> String { s.chars().take(width.saturating_sub(1)).collect() };
-        let mut out = String::from("\x1b[H\x1b[J");
+        let mut out = String::from("\r\n");
         out.push_str(&clip(
             "nixboot: NixOS generations (Up/Down select, Enter boot, e edit)".into(),
         ));
-        out.push_str("\r\n\r\n");
-        let room = rows.saturating_sub(6).max(3);
+        out.push_str("\r\n");
+        let room = rows.saturating_sub(5).max(3);
         let first = self.selected.saturating_sub(room.saturating_sub(1));
         for (i, item) in self.items.iter().enumerate().skip(first).take(room) {
             let mark = if i == self.selected { '>' } else { ' ' };
@@ -197,17 +200,9 @@ impl State {
             out.push_str(&clip(line));
             out.push_str("\r\n");
         }
-        out.push_str("\r\n");
-        if let Some(line) = &self.editing {
-            out.push_str(&clip(
-                "Edit the command line for this boot (Enter boots, Esc cancels):".into(),
-            ));
-            out.push_str("\r\n");
-            out.push_str(&EscapedBare(line.as_bytes()).to_string());
-        } else if let Some(p) = self.items.get(self.selected).and_then(|i| i.problem.as_ref()) {
+        if let Some(p) = self.items.get(self.selected).and_then(|i| i.problem.as_ref()) {
             out.push_str(&clip(format!("not bootable: {}", EscapedBare(p.as_bytes()))));
-        } else if let (true, Some(s)) = (self.counting, remaining) {
-            out.push_str(&format!("Booting the highlighted entry in {s} s."));
+            out.push_str("\r\n");
         }
         out
     }
@@ -249,40 +244,49 @@ pub fn run(items: Vec<Item>, default: usize, timeout: Duration) -> io::Result<Ch
     let mut state = State::new(items, default);
     let start = Instant::now();
     let mut out = io::stdout().lock();
-    let default_choice = |state: &State| Choice {
+    let fallback = |state: &State| Choice {
         index: state.selected,
         cmdline: None,
         interactive: false,
     };
-    let mut last_drawn = String::new();
+    let mut drawn: Option<(usize, bool)> = None;
+    let mut shown_secs = None;
     loop {
         let elapsed = start.elapsed();
         if elapsed >= HARD_DEADLINE {
-            writeln!(out, "\r")?;
-            return Ok(Choice {
-                interactive: false,
-                ..default_choice(&state)
-            });
+            out.write_all(b"\r\n")?;
+            return Ok(fallback(&state));
         }
         let remaining = timeout.saturating_sub(elapsed);
         if state.counting && remaining.is_zero() {
-            write!(out, "\r\n")?;
-            return Ok(default_choice(&state));
+            out.write_all(b"\r\n")?;
+            return Ok(fallback(&state));
         }
-        let screen = state.render(
-            cols,
-            rows,
-            Some(
-                remaining
-                    .as_secs()
-                    .saturating_add(u64::from(remaining.subsec_nanos() > 0)),
-            ),
-        );
-        if screen != last_drawn {
-            out.write_all(screen.as_bytes())?;
-            out.flush()?;
-            last_drawn = screen;
+        // Redraw the list when the selection or mode changes; otherwise
+        // only rewrite the countdown line in place with a carriage return.
+        let now = (state.selected, state.editing.is_some());
+        if drawn != Some(now) {
+            out.write_all(state.render(cols, rows).as_bytes())?;
+            if let Some(line) = &state.editing {
+                write!(
+                    out,
+                    "Edit the command line (Enter boots, Esc cancels):\r\n{}",
+                    EscapedBare(line.as_bytes())
+                )?;
+            }
+            drawn = Some(now);
+            shown_secs = None;
         }
+        if state.counting && state.editing.is_none() {
+            let secs = remaining
+                .as_secs()
+                .saturating_add(u64::from(remaining.subsec_nanos() > 0));
+            if shown_secs != Some(secs) {
+                write!(out, "\rBooting the highlighted entry in {secs} s. ")?;
+                shown_secs = Some(secs);
+            }
+        }
+        out.flush()?;
         let wait = if state.counting {
             remaining.min(Duration::from_millis(250))
         } else {
@@ -298,7 +302,7 @@ pub fn run(items: Vec<Item>, default: usize, timeout: Duration) -> io::Result<Ch
         if n == 0 {
             continue;
         }
-        let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+        let revents = fds.first().and_then(|f| f.revents()).unwrap_or(PollFlags::empty());
         let mut buf = [0u8; 256];
         let got = if revents.contains(PollFlags::POLLIN) {
             stdin.lock().read(&mut buf)?
@@ -307,15 +311,36 @@ pub fn run(items: Vec<Item>, default: usize, timeout: Duration) -> io::Result<Ch
         };
         if got == 0 {
             // EOF or hang-up: nobody is there; boot the default.
-            write!(out, "\r\n")?;
-            return Ok(default_choice(&state));
+            out.write_all(b"\r\n")?;
+            return Ok(fallback(&state));
         }
+        let was_counting = state.counting;
         for k in decode(buf.get(..got).unwrap_or_default()) {
+            let before = state.editing.clone();
             if let Outcome::Boot(c) = state.key(k) {
-                write!(out, "\r\n")?;
+                out.write_all(b"\r\n")?;
                 out.flush()?;
                 return Ok(c);
             }
+            // Echo edits like a plain line editor (no cursor addressing).
+            if let (Some(old), Some(new)) = (&before, &state.editing) {
+                if new.len() > old.len() {
+                    write!(
+                        out,
+                        "{}",
+                        EscapedBare(new.get(old.len()..).unwrap_or_default().as_bytes())
+                    )?;
+                } else if new.len() < old.len() {
+                    if new.is_empty() {
+                        out.write_all(b"\r\n")?;
+                    } else {
+                        out.write_all(b"\x08 \x08")?;
+                    }
+                }
+            }
+        }
+        if was_counting && !state.counting && state.editing.is_none() {
+            out.write_all(b"\rCountdown stopped: Enter boots the highlighted entry.\r\n")?;
         }
     }
 }
@@ -395,14 +420,10 @@ mod tests {
         it[1].label = "x\u{1b}[31mred".into();
         it[1].problem = Some("no kernel".into());
         let s = State::new(it, 1);
-        let r = s.render(30, 24, Some(5));
-        assert!(r.starts_with("\x1b[H\x1b[J"));
+        let r = s.render(30, 24);
         assert!(r.contains("> x\\u{001b}[31mred"));
         assert!(r.contains("not bootable: no kernel"));
-        assert_eq!(r.matches('\x1b').count(), 2, "{r:?}");
-        assert!(
-            r.split("\r\n")
-                .all(|l| l.chars().count() <= 30 || l.starts_with('\x1b'))
-        );
+        assert!(!r.contains('\x1b'), "{r:?}");
+        assert!(r.split("\r\n").all(|l| l.chars().count() <= 30));
     }
 }

@@ -92,7 +92,7 @@ fn os(what: &str) -> impl FnOnce(nix::errno::Errno) -> Error + '_ {
 
 /// Apply the confinement to the current (child) process.
 fn confine(c: &Confinement) -> Result<(), Error> {
-    use nix::sys::resource::{Resource, setrlimit};
+    use nix::sys::resource::Resource;
     if let Some(uid) = c.runas {
         enter_empty_root().map_err(os("namespaces and empty root"))?;
         let gid = nix::unistd::Gid::from_raw(uid);
@@ -108,13 +108,24 @@ fn confine(c: &Confinement) -> Result<(), Error> {
     }
     nix::sys::prctl::set_no_new_privs().map_err(os("no_new_privs"))?;
     nix::sys::prctl::set_dumpable(false).map_err(os("dumpable"))?;
-    setrlimit(Resource::RLIMIT_AS, CHILD_ADDRESS_SPACE, CHILD_ADDRESS_SPACE).map_err(os("RLIMIT_AS"))?;
-    setrlimit(Resource::RLIMIT_FSIZE, 0, 0).map_err(os("RLIMIT_FSIZE"))?;
-    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(os("RLIMIT_CORE"))?;
-    setrlimit(Resource::RLIMIT_NPROC, 0, 0).map_err(os("RLIMIT_NPROC"))?;
-    setrlimit(Resource::RLIMIT_MEMLOCK, 0, 0).map_err(os("RLIMIT_MEMLOCK"))?;
-    setrlimit(Resource::RLIMIT_CPU, CHILD_DEADLINE_SECS, CHILD_DEADLINE_SECS).map_err(os("RLIMIT_CPU"))?;
+    lower(Resource::RLIMIT_AS, CHILD_ADDRESS_SPACE).map_err(os("RLIMIT_AS"))?;
+    lower(Resource::RLIMIT_FSIZE, 0).map_err(os("RLIMIT_FSIZE"))?;
+    lower(Resource::RLIMIT_CORE, 0).map_err(os("RLIMIT_CORE"))?;
+    lower(Resource::RLIMIT_NPROC, 0).map_err(os("RLIMIT_NPROC"))?;
+    lower(Resource::RLIMIT_MEMLOCK, 0).map_err(os("RLIMIT_MEMLOCK"))?;
+    lower(Resource::RLIMIT_CPU, CHILD_DEADLINE_SECS).map_err(os("RLIMIT_CPU"))?;
     crate::seccomp::install()
+}
+
+/// Set both limits of `resource` to `want`, or keep the current hard limit
+/// if that is already lower: a dom0 that runs nixboot under a tighter limit
+/// (pygrub's 256 MiB address space, a systemd `LimitAS=`) keeps it, and
+/// raising a hard limit would need CAP_SYS_RESOURCE, which the child does
+/// not have after `--runas` (nor in many containers).
+fn lower(resource: nix::sys::resource::Resource, want: u64) -> nix::Result<()> {
+    let (_, hard) = nix::sys::resource::getrlimit(resource)?;
+    let v = want.min(hard);
+    nix::sys::resource::setrlimit(resource, v, v)
 }
 
 /// New mount/IPC/network/UTS namespaces; `/` becomes an empty read-only
@@ -273,9 +284,10 @@ fn describe(status: std::process::ExitStatus) -> String {
     )
 }
 
-/// Strip anything a compromised child might put in its message to attack
-/// the console: control characters become `?`.
-fn sanitize(s: &str) -> String {
+/// Strip anything a compromised child (or a guest string it passes on)
+/// might use to attack the console: control characters become `?`, and
+/// the text is cut at 2,048 characters.
+pub fn sanitize(s: &str) -> String {
     s.chars()
         .take(2048)
         .map(|c| if c.is_control() { '?' } else { c })

@@ -41,6 +41,15 @@ pub enum NixosError {
     /// The toplevel of a generation has neither `boot.json` nor `kernel`.
     #[error("{0} is not a NixOS system: no boot.json and no kernel")]
     NotASystem(String),
+    /// A `boot.json` that is not a valid bootspec.
+    #[error("{path}: {source}")]
+    Bootspec {
+        /// The boot.json path, escaped.
+        path: String,
+        /// Why it was refused.
+        #[source]
+        source: bootspec::BootspecError,
+    },
     /// The generation asked for does not exist.
     #[error("{0}")]
     UnknownEntry(String),
@@ -106,9 +115,9 @@ pub struct Profile {
     pub current: Current,
 }
 
-/// List every `system-N-link` (the newest [`MAX_GENERATIONS`]).
-pub fn read_profile(fs: &GuestFs) -> Result<Profile, NixosError> {
-    let current = current(fs)?;
+/// The numbers of every `system-N-link`, newest first: one directory
+/// listing, no per-link reads.
+pub fn generation_numbers(fs: &GuestFs) -> Result<Vec<u64>, NixosError> {
     let entries = fs
         .list_dir(PROFILES_DIR.as_bytes())
         .map_err(fs_err("profile directory"))?;
@@ -119,6 +128,13 @@ pub fn read_profile(fs: &GuestFs) -> Result<Profile, NixosError> {
         .collect();
     numbers.sort_unstable_by(|a, b| b.cmp(a));
     numbers.dedup();
+    Ok(numbers)
+}
+
+/// List every `system-N-link` (the newest [`MAX_GENERATIONS`]).
+pub fn read_profile(fs: &GuestFs) -> Result<Profile, NixosError> {
+    let current = current(fs)?;
+    let mut numbers = generation_numbers(fs)?;
     if numbers.len() > MAX_GENERATIONS {
         log::warn!(
             "{} generations; only the newest {MAX_GENERATIONS} are considered",
@@ -283,25 +299,33 @@ fn load_toplevel(
 ) -> Result<(BootEntry, Specs), NixosError> {
     let version = read_text(fs, &format!("{toplevel}/nixos-version"))?;
     let bootjson = format!("{toplevel}/boot.json");
+    // Why boot.json was refused: the error to report if the toplevel's
+    // own files cannot stand in for it either.
+    let mut refused = None;
     if fs.exists(bootjson.as_bytes()).map_err(fs_err("boot.json"))? {
         let parsed = fs
             .read_small(bootjson.as_bytes(), MAX_BOOTSPEC)
             .map_err(fs_err("boot.json"))
-            .and_then(|b| bootspec::parse(&b).map_err(|e| NixosError::NotASystem(e.to_string())));
+            .and_then(|b| {
+                bootspec::parse(&b).map_err(|source| NixosError::Bootspec {
+                    path: escape(bootjson.as_bytes()),
+                    source,
+                })
+            });
         match parsed {
             Ok(b) => {
                 let entry = from_v1(b.v1, generation, specialisation, version);
                 return Ok((entry, Specs::Bootspec(b.specialisations)));
             }
-            Err(e) => log::warn!(
-                "{}: {e}; using the toplevel's files instead",
-                escape(bootjson.as_bytes())
-            ),
+            Err(e) => {
+                log::warn!("{e}; using the toplevel's files instead");
+                refused = Some(e);
+            }
         }
     }
     let kernel_link = format!("{toplevel}/kernel");
     if !fs.exists(kernel_link.as_bytes()).map_err(fs_err("kernel"))? {
-        return Err(NixosError::NotASystem(escape(toplevel.as_bytes())));
+        return Err(refused.unwrap_or_else(|| NixosError::NotASystem(escape(toplevel.as_bytes()))));
     }
     let kernel = resolve_str(fs, &kernel_link, "kernel")?;
     let initrd_link = format!("{toplevel}/initrd");

@@ -7,7 +7,8 @@
 //! what exists; there is never a silent fallback.
 
 use super::{
-    BootEntry, Current, Generation, NixosError, SYSTEM_PROFILE, current, link_path, load_generation, read_profile,
+    BootEntry, Current, Generation, NixosError, SYSTEM_PROFILE, current, generation_numbers, link_path,
+    load_generation, read_profile,
 };
 use crate::error::escape;
 use crate::guestfs::GuestFs;
@@ -101,15 +102,32 @@ fn pick_spec(g: &Generation, name: &str) -> Result<BootEntry, NixosError> {
         })
 }
 
+/// Generation numbers shown in an error before the rest is summed up.
+const SHOWN_GENERATIONS: usize = 20;
+
+/// `numbers` (newest first) for one error line: the newest
+/// [`SHOWN_GENERATIONS`], then how many more and the oldest.
+fn summarize(numbers: &[u64]) -> String {
+    let shown: Vec<String> = numbers.iter().take(SHOWN_GENERATIONS).map(u64::to_string).collect();
+    let mut s = if shown.is_empty() {
+        "none".to_owned()
+    } else {
+        shown.join(", ")
+    };
+    if let (Some(more), Some(oldest)) = (numbers.len().checked_sub(SHOWN_GENERATIONS), numbers.last())
+        && more > 0
+    {
+        s.push_str(&format!(" and {more} more (the oldest is {oldest})"));
+    }
+    s
+}
+
+/// The error for a generation that does not exist. It lists the profile
+/// directory once (not every link: that is a lookup per generation, slow
+/// on a hostile unindexed directory) and names a bounded number of them.
 fn unknown_generation(fs: &GuestFs, n: u64) -> NixosError {
-    let have = read_profile(fs)
-        .map(|p| {
-            p.links
-                .iter()
-                .map(|l| l.number.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
+    let have = generation_numbers(fs)
+        .map(|v| summarize(&v))
         .unwrap_or_else(|e| format!("(cannot list: {e})"));
     NixosError::UnknownEntry(format!("no generation {n}; generations on the disk: {have}"))
 }
@@ -173,6 +191,18 @@ mod tests {
             parse_entry("NixOS - Configuration 3 (2024-01-01 - 24.05)"),
             EntrySpec::Name("NixOS - Configuration 3 (2024-01-01 - 24.05)".into())
         );
+    }
+
+    #[test]
+    fn generation_lists_are_bounded() {
+        assert_eq!(summarize(&[]), "none");
+        assert_eq!(summarize(&[3, 2, 1]), "3, 2, 1");
+        let many: Vec<u64> = (1..=5000).rev().collect();
+        let s = summarize(&many);
+        assert!(s.starts_with("5000, 4999, "), "{s}");
+        assert!(s.ends_with(", 4981 and 4980 more (the oldest is 1)"), "{s}");
+        let twenty: Vec<u64> = (1..=20).rev().collect();
+        assert!(summarize(&twenty).ends_with(", 1"));
     }
 
     #[test]

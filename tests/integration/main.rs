@@ -1,0 +1,18 @@
+//! Integration tests: the real `nixboot` binary, run the way libxl runs it
+//! (under a pty, with libxl's argv), on ext4 disk images generated at test
+//! time with `mke2fs -d` and `sfdisk`.
+//!
+//! * `boot`: images of every layout and block size → the result libxl
+//!   reads, and the copied bytes.
+//! * `cli_compat`: argv forms, exit codes, output formats, usage errors.
+//! * `generations`: the bootable check, fallback, `list`, the console menu.
+//! * `hostile`: crafted images under an address-space cap: a clear error
+//!   or a safe result, quickly, never a crash, the image unchanged.
+
+#![allow(unreachable_pub, reason = "helpers are shared between this binary's modules")]
+
+mod boot;
+mod cli_compat;
+mod common;
+mod generations;
+mod hostile;
