@@ -227,9 +227,18 @@ fn without_recovery(mut sb: Vec<u8>) -> Vec<u8> {
     sb
 }
 
+/// Paths whose metadata is remembered per run (see [`GuestFs::lstat_raw`]).
+pub const MAX_CACHED_PATHS: usize = 200_000;
+
 /// A guest filesystem, read-only.
 pub struct GuestFs {
     fs: Ext4,
+    /// Metadata of symlink-free paths already looked up: ext4-view walks a
+    /// path from the root on every call, and resolving one path looks up
+    /// each of its prefixes, so listing thousands of generations would
+    /// otherwise repeat the same directory lookups hundreds of times. The
+    /// image does not change while nixboot reads it.
+    seen: std::cell::RefCell<std::collections::HashMap<Vec<u8>, Option<Metadata>>>,
 }
 
 /// The kind of a directory entry.
@@ -277,6 +286,15 @@ pub struct DirEntry {
     pub kind: Kind,
 }
 
+/// A directory entry with its own metadata (not following a symlink).
+#[derive(Clone, Debug)]
+pub struct StatEntry {
+    /// The name (raw bytes).
+    pub name: Vec<u8>,
+    /// The entry's own metadata.
+    pub meta: Metadata,
+}
+
 fn join(parts: &[Vec<u8>]) -> Vec<u8> {
     let mut out = Vec::new();
     for p in parts {
@@ -300,24 +318,46 @@ impl GuestFs {
         window.read_exact_at(1024, &mut sb).map_err(|_| FsError::NotExt4)?;
         precheck_superblock(&sb, window.len())?;
         match Ext4::load(Box::new(window.clone())) {
-            Ok(fs) => Ok(GuestFs { fs }),
+            Ok(fs) => Ok(GuestFs::new(fs)),
             Err(Ext4Error::Incompatible(e)) if sb_u32(&sb, S_FEATURE_INCOMPAT) & INCOMPAT_RECOVER != 0 => {
                 log::warn!("the guest filesystem needs journal recovery ({e}); reading it without the journal");
                 let patched = NoRecovery {
                     inner: window,
                     sb: without_recovery(sb),
                 };
-                Ext4::load(Box::new(patched))
-                    .map(|fs| GuestFs { fs })
-                    .map_err(FsError::Load)
+                Ext4::load(Box::new(patched)).map(GuestFs::new).map_err(FsError::Load)
             }
             Err(e) => Err(FsError::Load(e)),
         }
     }
 
+    fn new(fs: Ext4) -> GuestFs {
+        GuestFs {
+            fs,
+            seen: Default::default(),
+        }
+    }
+
+    /// `lstat` of a symlink-free absolute path, remembered (hits and
+    /// misses) for the rest of the run.
     fn lstat_raw(&self, path: &[u8]) -> Result<Metadata, FsError> {
+        if let Some(hit) = self.seen.borrow().get(path) {
+            return hit.clone().ok_or_else(|| FsError::NotFound(escape(path)));
+        }
         let p = ext4_view::Path::try_from(path).map_err(|_| FsError::PathTooLong(escape(path)))?;
-        self.fs.symlink_metadata(p).map_err(|e| map_err(path, e))
+        let res = self.fs.symlink_metadata(p).map_err(|e| map_err(path, e));
+        let remember = match &res {
+            Ok(m) => Some(Some(m.clone())),
+            Err(FsError::NotFound(_)) => Some(None),
+            Err(_) => None,
+        };
+        let mut seen = self.seen.borrow_mut();
+        if let Some(r) = remember
+            && seen.len() < MAX_CACHED_PATHS
+        {
+            seen.insert(path.to_vec(), r);
+        }
+        res
     }
 
     /// Resolve `path` inside the guest, following every symlink (the last
@@ -488,6 +528,50 @@ impl GuestFs {
                 Err(e) => return Err(map_err(&p, e)),
             };
             out.push(DirEntry { name, kind });
+        }
+        Ok(out)
+    }
+}
+
+impl GuestFs {
+    /// The entries of the directory `path` resolves to for which `keep`
+    /// (given the name) is true, with their own metadata read by inode
+    /// number (no path walk per entry). At most `MAX_DIR_ENTRIES` entries
+    /// are examined.
+    pub fn list_dir_stat(&self, path: &[u8], keep: impl Fn(&[u8]) -> bool) -> Result<Vec<StatEntry>, FsError> {
+        let (p, meta) = self.stat(path)?;
+        if !meta.is_dir() {
+            return Err(FsError::WrongType {
+                path: escape(path),
+                found: Kind::of(&meta).name(),
+                wanted: "directory",
+            });
+        }
+        let ep = ext4_view::Path::try_from(p.as_slice()).map_err(|_| FsError::PathTooLong(escape(path)))?;
+        let rd = self.fs.read_dir(ep).map_err(|e| map_err(&p, e))?;
+        let mut out = Vec::new();
+        let mut examined = 0u32;
+        for ent in rd {
+            examined = examined.saturating_add(1);
+            if examined > MAX_DIR_ENTRIES.saturating_add(2) {
+                return Err(FsError::TooManyEntries(escape(path)));
+            }
+            let ent = ent.map_err(|e| map_err(&p, e))?;
+            let name = ent.file_name().as_ref().to_vec();
+            if name == b"." || name == b".." || !keep(&name) {
+                continue;
+            }
+            let meta = ent.metadata().map_err(|e| map_err(&p, e))?;
+            let mut full = p.clone();
+            if full != b"/" {
+                full.push(b'/');
+            }
+            full.extend_from_slice(&name);
+            let mut seen = self.seen.borrow_mut();
+            if seen.len() < MAX_CACHED_PATHS {
+                seen.insert(full, Some(meta.clone()));
+            }
+            out.push(StatEntry { name, meta });
         }
         Ok(out)
     }

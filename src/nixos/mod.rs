@@ -134,23 +134,30 @@ pub fn generation_numbers(fs: &GuestFs) -> Result<Vec<u64>, NixosError> {
 /// List every `system-N-link` (the newest [`MAX_GENERATIONS`]).
 pub fn read_profile(fs: &GuestFs) -> Result<Profile, NixosError> {
     let current = current(fs)?;
-    let mut numbers = generation_numbers(fs)?;
-    if numbers.len() > MAX_GENERATIONS {
+    // Each link's own metadata comes with the listing (read by inode
+    // number), so no path is walked per generation.
+    let entries = fs
+        .list_dir_stat(PROFILES_DIR.as_bytes(), |name| parse_link_name(name).is_some())
+        .map_err(fs_err("profile directory"))?;
+    let mut links: Vec<GenerationLink> = entries
+        .iter()
+        .filter(|e| e.meta.is_symlink())
+        .filter_map(|e| {
+            let number = parse_link_name(&e.name)?;
+            Some(GenerationLink {
+                number,
+                mtime: e.meta.modified().seconds(),
+            })
+        })
+        .collect();
+    links.sort_unstable_by(|a, b| b.number.cmp(&a.number));
+    links.dedup_by_key(|l| l.number);
+    if links.len() > MAX_GENERATIONS {
         log::warn!(
             "{} generations; only the newest {MAX_GENERATIONS} are considered",
-            numbers.len()
+            links.len()
         );
-        numbers.truncate(MAX_GENERATIONS);
-    }
-    let mut links = Vec::with_capacity(numbers.len());
-    for number in numbers {
-        let meta = fs
-            .lstat(link_path(number).as_bytes())
-            .map_err(fs_err("generation link"))?;
-        links.push(GenerationLink {
-            number,
-            mtime: meta.modified().seconds(),
-        });
+        links.truncate(MAX_GENERATIONS);
     }
     Ok(Profile { links, current })
 }

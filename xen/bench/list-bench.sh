@@ -12,7 +12,7 @@ cargo build --release --quiet --manifest-path "$repo/Cargo.toml"
 nb=$repo/target/release/nixboot
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-python3 - "$work/tree" "$n" "$repo/testdata/demo/pvkernel.py" <<'PY'
+TOPLEVELS=${TOPLEVELS:-$n} python3 - "$work/tree" "$n" "$repo/testdata/demo/pvkernel.py" <<'PY'
 import os, subprocess, sys
 root, n, pvk = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 store = f"{root}/nix/store"; prof = f"{root}/nix/var/nix/profiles"
@@ -21,9 +21,10 @@ k = f"{store}/00000000000000000000000000000000-linux-6.6.1"; os.makedirs(k)
 subprocess.run([sys.executable, pvk, f"{k}/bzImage", str(1 << 20)], check=True)
 i = f"{store}/11111111111111111111111111111111-initrd"; os.makedirs(i)
 open(f"{i}/initrd", "w").write("initrd\n")
-# 200 distinct toplevels, shared round-robin by the generations.
+# One toplevel per generation, as nixos-rebuild makes them (TOPLEVELS=k shares k).
 tops = []
-for t in range(200):
+ntop = int(os.environ.get("TOPLEVELS", n))
+for t in range(ntop):
     top = f"/nix/store/{t:032d}-nixos-system-g-24.11.{t}"
     os.makedirs(root + top)
     os.symlink(f"/{k[len(root)+1:]}/bzImage", f"{root}{top}/kernel")
