@@ -150,7 +150,7 @@ pub fn read_profile(fs: &GuestFs) -> Result<Profile, NixosError> {
             })
         })
         .collect();
-    links.sort_unstable_by(|a, b| b.number.cmp(&a.number));
+    links.sort_unstable_by_key(|l| std::cmp::Reverse(l.number));
     links.dedup_by_key(|l| l.number);
     if links.len() > MAX_GENERATIONS {
         log::warn!(
