@@ -120,6 +120,17 @@ pub fn write_json<T: Serialize>(w: &mut dyn Write, tag: Tag, value: &T) -> io::R
     write_frame(w, tag, &bytes)
 }
 
+/// Check a frame header: a known tag and a length within [`MAX_FRAME`].
+pub fn parse_header(head: [u8; 5]) -> io::Result<(Tag, usize)> {
+    let [t, l0, l1, l2, l3] = head;
+    let tag = Tag::from_byte(t).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown frame tag"))?;
+    let len = usize::try_from(u32::from_le_bytes([l0, l1, l2, l3])).unwrap_or(usize::MAX);
+    if len > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too large"));
+    }
+    Ok((tag, len))
+}
+
 /// Read one frame into `buf`; `None` at a clean end of stream.
 pub fn read_frame(r: &mut dyn Read, buf: &mut Vec<u8>) -> io::Result<Option<Tag>> {
     let mut head = [0u8; 5];
@@ -132,12 +143,7 @@ pub fn read_frame(r: &mut dyn Read, buf: &mut Vec<u8>) -> io::Result<Option<Tag>
             n => got = got.saturating_add(n),
         }
     }
-    let [t, l0, l1, l2, l3] = head;
-    let tag = Tag::from_byte(t).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown frame tag"))?;
-    let len = usize::try_from(u32::from_le_bytes([l0, l1, l2, l3])).unwrap_or(usize::MAX);
-    if len > MAX_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too large"));
-    }
+    let (tag, len) = parse_header(head)?;
     buf.clear();
     buf.resize(len, 0);
     r.read_exact(buf)?;

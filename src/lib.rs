@@ -14,6 +14,8 @@ pub mod cli;
 pub mod cmdline;
 pub mod disk;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guestfs;
 pub mod ipc;
 pub mod limits;
