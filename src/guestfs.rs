@@ -164,10 +164,17 @@ pub fn precheck_superblock(sb: &[u8], fs_len: u64) -> Result<(), FsError> {
     if !(1..=bits).contains(&ipg) {
         return Err(FsError::BadSuperblock("inodes per group out of range"));
     }
-    let mut blocks = u64::from(sb_u32(sb, S_BLOCKS_COUNT_LO));
-    if sb_u32(sb, S_FEATURE_INCOMPAT) & INCOMPAT_64BIT != 0 {
-        blocks |= u64::from(sb_u32(sb, S_BLOCKS_COUNT_HI)) << 32;
+    // ext4-view combines s_blocks_count_hi with the low word whether or not
+    // the 64bit feature is set (the kernel ignores it without 64bit), and
+    // sizes its group descriptor table from the result: check the value
+    // ext4-view will use, and refuse a high word it would misread.
+    let hi = sb_u32(sb, S_BLOCKS_COUNT_HI);
+    if hi != 0 && sb_u32(sb, S_FEATURE_INCOMPAT) & INCOMPAT_64BIT == 0 {
+        return Err(FsError::BadSuperblock(
+            "s_blocks_count_hi set without the 64bit feature",
+        ));
     }
+    let blocks = u64::from(sb_u32(sb, S_BLOCKS_COUNT_LO)) | u64::from(hi) << 32;
     if blocks.checked_mul(bs).is_none_or(|b| b > fs_len) {
         return Err(FsError::BadSuperblock("block count exceeds the partition"));
     }
@@ -548,6 +555,27 @@ mod tests {
         ));
         assert!(matches!(
             precheck_superblock(&sb(0, 8192, 8192, 256), 4 << 20),
+            Err(FsError::BadSuperblock("block count exceeds the partition"))
+        ));
+    }
+
+    /// testdata/regress/fuzz_disk_blocks_count_hi.bin: ext4-view reads
+    /// s_blocks_count_hi even without the 64bit feature; the precheck did
+    /// not, so 0 blocks passed it and ext4-view then sized its descriptor
+    /// table for 2^40 blocks (a 2 GiB allocation, an abort).
+    #[test]
+    fn blocks_count_hi_without_64bit() {
+        let mut s = sb(0, 0, 8192, 96);
+        s[S_BLOCKS_COUNT_HI + 1] = 1;
+        assert!(matches!(
+            precheck_superblock(&s, 2048),
+            Err(FsError::BadSuperblock(
+                "s_blocks_count_hi set without the 64bit feature"
+            ))
+        ));
+        s[S_FEATURE_INCOMPAT] = 0x80;
+        assert!(matches!(
+            precheck_superblock(&s, 2048),
             Err(FsError::BadSuperblock("block count exceeds the partition"))
         ));
     }

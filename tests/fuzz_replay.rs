@@ -38,7 +38,20 @@ fn sorted(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// The parse child's address-space limit, as in production: an input
+/// that makes a stage allocate more aborts here too (the fuzzer's
+/// `-malloc_limit_mb` catches the same class of bug).
+fn limit_memory() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use nix::sys::resource::{Resource, setrlimit};
+        let cap = nixboot::limits::CHILD_ADDRESS_SPACE;
+        setrlimit(Resource::RLIMIT_AS, cap, cap).unwrap();
+    });
+}
+
 fn run(f: Target, path: &Path) {
+    limit_memory();
     let data = fs::read(path).unwrap();
     eprintln!("replaying {} ({} bytes)", path.display(), data.len());
     f(&data);
