@@ -235,6 +235,7 @@ pub fn run_child(
     let _ = stop_tx.send(());
     let timed_out = watchdog.join().unwrap_or(false);
     let status = status?;
+    log_usage();
     if timed_out {
         return Err(Error::Reported {
             fault: Fault::Guest,
@@ -248,6 +249,27 @@ pub fn run_child(
             fault: Fault::Guest,
             message: describe(status),
         }),
+    }
+}
+
+/// Debug log: peak RSS and CPU time of this process and of the (waited
+/// for) parse child, for benchmarks and limit tuning.
+fn log_usage() {
+    use nix::sys::resource::{UsageWho, getrusage};
+    if !log::log_enabled!(log::Level::Debug) {
+        return;
+    }
+    if let (Ok(me), Ok(child)) = (getrusage(UsageWho::RUSAGE_SELF), getrusage(UsageWho::RUSAGE_CHILDREN)) {
+        let ms = |t: nix::sys::time::TimeVal| t.tv_sec().saturating_mul(1000).saturating_add(t.tv_usec() / 1000);
+        log::debug!(
+            "parent peak RSS {} KiB, parse child peak RSS {} KiB; CPU ms user/system: parent {}/{}, child {}/{}",
+            me.max_rss(),
+            child.max_rss(),
+            ms(me.user_time()),
+            ms(me.system_time()),
+            ms(child.user_time()),
+            ms(child.system_time())
+        );
     }
 }
 
