@@ -43,8 +43,9 @@ impl Incoming {
         })
     }
 
-    fn take(&mut self, what: &str, data: &[u8]) -> Result<(), Error> {
-        let n = u64::try_from(data.len()).unwrap_or(u64::MAX);
+    /// Accept `n` more bytes (refusing more than announced); the file
+    /// they go to.
+    fn reserve(&mut self, what: &str, n: u64) -> Result<&mut std::fs::File, Error> {
         self.received = self.received.saturating_add(n);
         if self.received > self.expected {
             return Err(guest(format!(
@@ -52,12 +53,10 @@ impl Incoming {
                 self.expected
             )));
         }
-        if let Some(f) = &mut self.file {
-            f.file()
-                .write_all(data)
-                .map_err(|e| Error::host(format!("writing the {what} copy"), e))?;
-        }
-        Ok(())
+        self.file
+            .as_mut()
+            .map(OutFile::file)
+            .ok_or_else(|| guest(format!("unexpected {what} data")))
     }
 
     fn finish(self, what: &str) -> Result<Option<PathBuf>, Error> {
@@ -66,6 +65,19 @@ impl Incoming {
                 "the parser sent {} of {} {what} bytes",
                 self.received, self.expected
             )));
+        }
+        if let Some(f) = &self.file {
+            let len = f
+                .as_file()
+                .metadata()
+                .map_err(|e| Error::host(format!("checking the {what} copy"), e))?
+                .len();
+            if len != self.expected {
+                return Err(Error::HostMsg(format!(
+                    "the {what} copy is {len} bytes, not {}",
+                    self.expected
+                )));
+            }
         }
         self.file.map(OutFile::keep).transpose()
     }
@@ -112,6 +124,79 @@ fn output_dir(a: &BootArgs) -> Result<OutputDir, Error> {
     }
 }
 
+/// Receives the frames of a boot: the plan, then kernel and initrd data.
+struct BootFrames<'a> {
+    args: &'a BootArgs,
+    dir: Option<&'a OutputDir>,
+    send_data: bool,
+    plan: Option<Plan>,
+    kernel: Option<Incoming>,
+    initrd: Option<Incoming>,
+}
+
+impl sandbox::Frames for BootFrames<'_> {
+    fn frame(&mut self, tag: Tag, data: &[u8]) -> Result<(), Error> {
+        match tag {
+            Tag::Plan if self.plan.is_none() => {
+                let p: Plan = serde_json::from_slice(data)
+                    .map_err(|e| guest(format!("the parser sent a malformed plan ({e})")))?;
+                check_plan(&p, self.args)?;
+                if self.send_data {
+                    self.kernel = Some(Incoming::new(self.dir, "boot_kernel.", p.kernel_len)?);
+                    self.initrd = p
+                        .initrd
+                        .as_ref()
+                        .map(|(_, len)| Incoming::new(self.dir, "boot_ramdisk.", *len))
+                        .transpose()?;
+                }
+                self.plan = Some(p);
+                Ok(())
+            }
+            _ => Err(guest("the parser sent an unexpected frame".into())),
+        }
+    }
+
+    fn data(&mut self, tag: Tag, len: u64) -> Result<&mut std::fs::File, Error> {
+        match tag {
+            Tag::Kernel => self
+                .kernel
+                .as_mut()
+                .ok_or_else(|| guest("unexpected kernel data".into()))?
+                .reserve("kernel", len),
+            Tag::Initrd => self
+                .initrd
+                .as_mut()
+                .ok_or_else(|| guest("unexpected initrd data".into()))?
+                .reserve("initrd", len),
+            _ => Err(guest("the parser sent an unexpected frame".into())),
+        }
+    }
+}
+
+/// Receives the frames of `list`: one listing.
+struct ListFrames {
+    listing: Option<Listing>,
+}
+
+impl sandbox::Frames for ListFrames {
+    fn frame(&mut self, tag: Tag, data: &[u8]) -> Result<(), Error> {
+        match tag {
+            Tag::Listing if self.listing.is_none() => {
+                self.listing = Some(
+                    serde_json::from_slice(data)
+                        .map_err(|e| guest(format!("the parser sent a malformed listing ({e})")))?,
+                );
+                Ok(())
+            }
+            _ => Err(guest("the parser sent an unexpected frame".into())),
+        }
+    }
+
+    fn data(&mut self, _: Tag, _: u64) -> Result<&mut std::fs::File, Error> {
+        Err(guest("the parser sent an unexpected frame".into()))
+    }
+}
+
 /// The default command: boot (libxl's argv).
 pub fn boot(a: &BootArgs) -> Result<(), Error> {
     if a.runas == Some(0) {
@@ -148,35 +233,18 @@ pub fn boot(a: &BootArgs) -> Result<(), Error> {
         runas: a.runas,
         verbosity: a.verbosity(),
     };
-    let mut plan: Option<Plan> = None;
-    let mut kernel: Option<Incoming> = None;
-    let mut initrd: Option<Incoming> = None;
-    sandbox::run_child(&disk, &request, &confinement, |tag, data| match tag {
-        Tag::Plan if plan.is_none() => {
-            let p: Plan =
-                serde_json::from_slice(data).map_err(|e| guest(format!("the parser sent a malformed plan ({e})")))?;
-            check_plan(&p, a)?;
-            if request.send_data {
-                kernel = Some(Incoming::new(dir.as_ref(), "boot_kernel.", p.kernel_len)?);
-                initrd = p
-                    .initrd
-                    .as_ref()
-                    .map(|(_, len)| Incoming::new(dir.as_ref(), "boot_ramdisk.", *len))
-                    .transpose()?;
-            }
-            plan = Some(p);
-            Ok(())
-        }
-        Tag::Kernel => kernel
-            .as_mut()
-            .ok_or_else(|| guest("unexpected kernel data".into()))?
-            .take("kernel", data),
-        Tag::Initrd => initrd
-            .as_mut()
-            .ok_or_else(|| guest("unexpected initrd data".into()))?
-            .take("initrd", data),
-        _ => Err(guest("the parser sent an unexpected frame".into())),
-    })?;
+    let mut rx = BootFrames {
+        args: a,
+        dir: dir.as_ref(),
+        send_data: request.send_data,
+        plan: None,
+        kernel: None,
+        initrd: None,
+    };
+    sandbox::run_child(&disk, &request, &confinement, &mut rx)?;
+    let BootFrames {
+        plan, kernel, initrd, ..
+    } = rx;
     let plan = plan.ok_or_else(|| guest("the parser finished without choosing an entry".into()))?;
     log::info!("booting {} from {}", plan.label, plan.found_in);
     log::info!("kernel {} ({} bytes)", plan.kernel, plan.kernel_len);
@@ -233,17 +301,9 @@ pub fn list(l: &ListArgs) -> Result<(), Error> {
         runas: None,
         verbosity: 1u8.saturating_add(l.verbose),
     };
-    let mut listing: Option<Listing> = None;
-    sandbox::run_child(&disk, &request, &confinement, |tag, data| match tag {
-        Tag::Listing if listing.is_none() => {
-            listing = Some(
-                serde_json::from_slice(data)
-                    .map_err(|e| guest(format!("the parser sent a malformed listing ({e})")))?,
-            );
-            Ok(())
-        }
-        _ => Err(guest("the parser sent an unexpected frame".into())),
-    })?;
+    let mut rx = ListFrames { listing: None };
+    sandbox::run_child(&disk, &request, &confinement, &mut rx)?;
+    let listing = rx.listing;
     let listing = listing.ok_or_else(|| guest("the parser finished without a listing".into()))?;
     let mut o = std::io::stdout().lock();
     let text = if l.json {
