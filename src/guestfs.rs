@@ -32,6 +32,8 @@
     clippy::panic
 )]
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::io::Read;
 
@@ -45,6 +47,11 @@ use crate::limits::{MAX_DIR_ENTRIES, MAX_PATH_LEN, MAX_RESOLVE_STEPS, MAX_SYMLIN
 /// read into memory at load: 2^20 groups is 64 MiB of descriptors, enough
 /// for 128 TiB at 4 KiB blocks).
 pub const MAX_BLOCK_GROUPS: u64 = 1 << 20;
+
+/// Paths whose lstat result is kept (each entry is a path of at most
+/// [`MAX_PATH_LEN`] bytes plus its metadata: at most ~4.3 MiB in all, in
+/// practice a few hundred small entries).
+pub const MAX_LSTAT_CACHE: usize = 1024;
 
 /// Filesystem errors, with the guest path (escaped) where there is one.
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +244,8 @@ fn without_recovery(mut sb: Vec<u8>) -> Vec<u8> {
 /// A guest filesystem, read-only.
 pub struct GuestFs {
     fs: Ext4,
+    /// lstat results by symlink-free path (see [`GuestFs::lstat_raw`]).
+    lstat_cache: RefCell<HashMap<Vec<u8>, Metadata>>,
 }
 
 /// The kind of a directory entry.
@@ -307,24 +316,44 @@ impl GuestFs {
         window.read_exact_at(1024, &mut sb).map_err(|_| FsError::NotExt4)?;
         precheck_superblock(&sb, window.len())?;
         match Ext4::load(Box::new(window.clone())) {
-            Ok(fs) => Ok(GuestFs { fs }),
+            Ok(fs) => Ok(GuestFs::new(fs)),
             Err(Ext4Error::Incompatible(e)) if sb_u32(&sb, S_FEATURE_INCOMPAT) & INCOMPAT_RECOVER != 0 => {
                 log::warn!("the guest filesystem needs journal recovery ({e}); reading it without the journal");
                 let patched = NoRecovery {
                     inner: window,
                     sb: without_recovery(sb),
                 };
-                Ext4::load(Box::new(patched))
-                    .map(|fs| GuestFs { fs })
-                    .map_err(FsError::Load)
+                Ext4::load(Box::new(patched)).map(GuestFs::new).map_err(FsError::Load)
             }
             Err(e) => Err(FsError::Load(e)),
         }
     }
 
+    fn new(fs: Ext4) -> GuestFs {
+        GuestFs {
+            fs,
+            lstat_cache: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// lstat of a symlink-free absolute path. ext4-view walks every such
+    /// path from the root, and [`GuestFs::resolve`] lstats each prefix of
+    /// each path it resolves, so the same directories would be searched
+    /// over and over (a linear /nix/store of 20k entries once per
+    /// component of every store path). The image does not change while
+    /// nixboot reads it, so successful results are kept, up to
+    /// [`MAX_LSTAT_CACHE`] paths.
     fn lstat_raw(&self, path: &[u8]) -> Result<Metadata, FsError> {
+        if let Some(m) = self.lstat_cache.borrow().get(path) {
+            return Ok(m.clone());
+        }
         let p = ext4_view::Path::try_from(path).map_err(|_| FsError::PathTooLong(escape(path)))?;
-        self.fs.symlink_metadata(p).map_err(|e| map_err(path, e))
+        let m = self.fs.symlink_metadata(p).map_err(|e| map_err(path, e))?;
+        let mut cache = self.lstat_cache.borrow_mut();
+        if cache.len() < MAX_LSTAT_CACHE {
+            cache.insert(path.to_vec(), m.clone());
+        }
+        Ok(m)
     }
 
     /// Resolve `path` inside the guest, following every symlink (the last
