@@ -26,7 +26,10 @@
 #   WORK=/var/tmp/nixboot-bench    images and output dirs (same filesystem
 #                                  for nixboot, pygrub and the copy)
 #   SMALL_DISK=256M BIG_DISK=8G BIG_STORE=20000
-#   VARIANTS="small-store small-disk big-store big-disk"   subset to run
+#   VARIANTS="small-store small-disk big-store big-disk"   subset to run;
+#                                  also big-store-noindex: the 20k store left
+#                                  linear (no e2fsck -D), as mke2fs -d and
+#                                  NixOS's make-disk-image.nix leave it
 #   NIXBOOT=path                   skip `cargo build --release`
 # Needs: cargo, python3, sfdisk, mke2fs/e2fsck, pygrub (xen-utils-4.17).
 set -eu
@@ -57,13 +60,13 @@ if [ -z "${NIXBOOT:-}" ]; then
 fi
 
 mkdir -p "$WORK"
-# image NAME SIZE STORE: build $WORK/NAME.img unless it is up to date.
+# image NAME SIZE STORE [NOINDEX]: build $WORK/NAME.img unless it is up to date.
 image() {
-  img=$WORK/$1.img stamp=$WORK/$1.stamp
-  want="$2 $3 $KERNEL $(stat -c %s:%Y "$KERNEL") $INITRD $(stat -c %s:%Y "$INITRD") $(cksum < "$here/mkimage.sh")"
+  img=$WORK/$1.img stamp=$WORK/$1.stamp noindex=${4:-0}
+  want="$2 $3 $noindex $KERNEL $(stat -c %s:%Y "$KERNEL") $INITRD $(stat -c %s:%Y "$INITRD") $(cksum < "$here/mkimage.sh")"
   if [ ! -f "$img" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "building $img ($2 disk, $3 extra store entries)" >&2
-    "$here/mkimage.sh" "$img" "$2" "$3" "$KERNEL" "$INITRD" > /dev/null
+    NOINDEX=$noindex "$here/mkimage.sh" "$img" "$2" "$3" "$KERNEL" "$INITRD" > /dev/null
     echo "$want" > "$stamp"
   fi
   echo "$1=$img"
@@ -75,6 +78,7 @@ for v in $VARIANTS; do
     big-store) set -- "$@" "$(image small-disk.store-$BIG_STORE "$SMALL_DISK" "$BIG_STORE")" ;;
     small-disk) ;; # the same image as small-store
     big-disk) set -- "$@" "$(image disk-$BIG_DISK.small-store "$BIG_DISK" 0)" ;;
+    big-store-noindex) set -- "$@" "$(image small-disk.store-$BIG_STORE-noindex "$SMALL_DISK" "$BIG_STORE" 1)" ;;
     *) echo "bench.sh: unknown variant $v" >&2; exit 1 ;;
   esac
 done

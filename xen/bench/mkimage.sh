@@ -11,6 +11,9 @@
 # menuentry that pygrub can parse (NixOS's own grub.cfg uses
 # `($drive1)/nix/store/...` paths, which make pygrub skip the partition).
 #
+# NOINDEX=1 skips e2fsck -D: directories stay linear, as mke2fs -d leaves
+# them (how NixOS's make-disk-image.nix images come out).
+#
 # Usage: mkimage.sh OUT DISK_SIZE STORE KERNEL INITRD
 #   DISK_SIZE: truncate(1) size, e.g. 256M or 8G (the file stays sparse)
 #   STORE:     number of extra /nix/store entries (e.g. 20000)
@@ -65,5 +68,7 @@ bytes=$(stat -c %s "$out")
 fs_kib=$(( (bytes - 1048576) / 1024 ))
 inodes=$((store + 4096))
 mke2fs -q -F -t ext4 -N "$inodes" -E offset=1048576,lazy_itable_init=1 -d "$t" "$out" "${fs_kib}k"
-e2fsck -fyD "$out?offset=1048576" > /dev/null 2>&1 || [ $? -le 1 ]
+if [ "${NOINDEX:-0}" = 0 ]; then
+  e2fsck -fyD "$out?offset=1048576" > /dev/null 2>&1 || [ $? -le 1 ]
+fi
 printf '/%s/bzImage\n/%s/initrd\n' "$K" "$I"
