@@ -128,13 +128,15 @@ pub fn plan(fs: &GuestFs, found_in: &Candidate, req: &Request) -> Result<Plan, E
             (select::label(&entry, mtime), entry.kernel, entry.initrd, line)
         }
     };
-    let (_, _, kernel_len) = fs
-        .open_regular(kernel.as_bytes(), req.max_kernel)
+    // Sizes and types only: send_file opens the files (each open walks
+    // the path from the root again inside ext4-view).
+    let (_, kernel_len) = fs
+        .stat_regular(kernel.as_bytes(), req.max_kernel)
         .map_err(|e| too_large("kernel", e))?;
     let initrd = match initrd {
         Some(p) => {
-            let (_, _, len) = fs
-                .open_regular(p.as_bytes(), req.max_initrd)
+            let (_, len) = fs
+                .stat_regular(p.as_bytes(), req.max_initrd)
                 .map_err(|e| too_large("initrd", e))?;
             Some((p, len))
         }

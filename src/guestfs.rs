@@ -455,26 +455,18 @@ impl GuestFs {
         }
     }
 
+    /// Resolve `path` to a regular file of at most `cap` bytes, without
+    /// opening it. Returns the resolved path and the file's length.
+    pub fn stat_regular(&self, path: &[u8], cap: u64) -> Result<(Vec<u8>, u64), FsError> {
+        let (p, meta) = self.stat(path)?;
+        let len = check_regular(path, &meta, cap)?;
+        Ok((p, len))
+    }
+
     /// Open the regular file `path` resolves to, refusing anything over
     /// `cap` bytes. Returns the resolved path, the file and its length.
     pub fn open_regular(&self, path: &[u8], cap: u64) -> Result<(Vec<u8>, ext4_view::File, u64), FsError> {
-        let (p, meta) = self.stat(path)?;
-        let kind = Kind::of(&meta);
-        if kind != Kind::File {
-            return Err(FsError::WrongType {
-                path: escape(path),
-                found: kind.name(),
-                wanted: "regular file",
-            });
-        }
-        let len = meta.len();
-        if len > cap {
-            return Err(FsError::TooLarge {
-                path: escape(path),
-                len,
-                cap,
-            });
-        }
+        let (p, len) = self.stat_regular(path, cap)?;
         let ep = ext4_view::Path::try_from(p.as_slice()).map_err(|_| FsError::PathTooLong(escape(path)))?;
         let f = self.fs.open(ep).map_err(|e| map_err(&p, e))?;
         Ok((p, f, len))
@@ -527,6 +519,27 @@ impl GuestFs {
         }
         Ok(out)
     }
+}
+
+/// A regular file of at most `cap` bytes: its length.
+fn check_regular(path: &[u8], meta: &Metadata, cap: u64) -> Result<u64, FsError> {
+    let kind = Kind::of(meta);
+    if kind != Kind::File {
+        return Err(FsError::WrongType {
+            path: escape(path),
+            found: kind.name(),
+            wanted: "regular file",
+        });
+    }
+    let len = meta.len();
+    if len > cap {
+        return Err(FsError::TooLarge {
+            path: escape(path),
+            len,
+            cap,
+        });
+    }
+    Ok(len)
 }
 
 fn map_err(path: &[u8], e: Ext4Error) -> FsError {
