@@ -179,6 +179,24 @@ def main():
             if parts:
                 print(f"{mode} {name}: " + ", ".join(parts))
     print()
+    # The issue-2 targets, on the warm runs (the image's first variant for
+    # the copy and pygrub ratios; every variant for RSS and lookups).
+    get = lambda disk, cmd: next((r for m, d, c, r in rows if m == "warm" and d == disk and c == cmd), None)
+    n0, p0, c0 = get(base, "nixboot"), get(base, "pygrub -q"), get("-", "copy (cp)")
+    verdict = lambda ok: "PASS" if ok else "FAIL"
+    if n0 and p0:
+        print(f"target >= 3x faster than pygrub:  {p0['median'] / n0['median']:.1f}x  {verdict(p0['median'] >= 3 * n0['median'])}")
+    if n0 and c0:
+        print(f"target <= 1.25x the copy (cp):     {n0['median'] / c0['median']:.2f}x  {verdict(n0['median'] <= 1.25 * c0['median'])}")
+    rss = [r["rss"] for m, d, c, r in rows if c.startswith("nixboot")]
+    if rss:
+        print(f"target peak RSS <= 16 MiB:         {max(rss) / 1024:.1f} MiB  {verdict(max(rss) <= 16 * 1024)}")
+    lk = [(d, r["median"]) for m, d, c, r in rows if m == "warm" and c == "nixboot -n (lookup)"]
+    if len(lk) > 1:
+        worst = max(lk, key=lambda x: x[1])
+        print(f"lookups vs {base}: " + ", ".join(f"{d} {t / lk[0][1]:.2f}x" for d, t in lk[1:])
+              + f" (slowest: {worst[0]})")
+    print()
     if want("nixboot"):
         parent, child = split_rss(a.nixboot, images[0][1], a.work)
         if parent:
