@@ -278,7 +278,7 @@ pub fn cmdline(data: &[u8]) {
 }
 
 /// Result rendering. Input: a flags byte (bit 0: there is a ramdisk), then
-/// kernel, [ramdisk,] args separated by [`FIELD_SEP`].
+/// kernel, ramdisk (only with bit 0), args separated by [`FIELD_SEP`].
 ///
 /// # Panics
 ///
