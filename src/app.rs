@@ -44,8 +44,9 @@ impl Incoming {
         })
     }
 
-    fn take(&mut self, what: &str, data: &[u8]) -> Result<(), Error> {
-        let n = u64::try_from(data.len()).unwrap_or(u64::MAX);
+    /// Accept `n` more bytes (refusing more than announced); the file
+    /// they go to.
+    fn reserve(&mut self, what: &str, n: u64) -> Result<&mut std::fs::File, Error> {
         self.received = self.received.saturating_add(n);
         if self.received > self.expected {
             return Err(guest(format!(
@@ -53,12 +54,10 @@ impl Incoming {
                 self.expected
             )));
         }
-        if let Some(f) = &mut self.file {
-            f.file()
-                .write_all(data)
-                .map_err(|e| Error::host(format!("writing the {what} copy"), e))?;
-        }
-        Ok(())
+        self.file
+            .as_mut()
+            .map(OutFile::file)
+            .ok_or_else(|| guest(format!("unexpected {what} data")))
     }
 
     fn finish(self, what: &str) -> Result<Option<PathBuf>, Error> {
@@ -67,6 +66,19 @@ impl Incoming {
                 "the parser sent {} of {} {what} bytes",
                 self.received, self.expected
             )));
+        }
+        if let Some(f) = &self.file {
+            let len = f
+                .as_file()
+                .metadata()
+                .map_err(|e| Error::host(format!("checking the {what} copy"), e))?
+                .len();
+            if len != self.expected {
+                return Err(Error::HostMsg(format!(
+                    "the {what} copy is {len} bytes, not {}",
+                    self.expected
+                )));
+            }
         }
         self.file.map(OutFile::keep).transpose()
     }
@@ -110,6 +122,95 @@ fn output_dir(a: &BootArgs) -> Result<OutputDir, Error> {
             log::info!("no --output-directory; copying into {}", d.display());
             OutputDir::open(&d)
         }
+    }
+}
+
+/// Receives the frames of a boot: the plan, then kernel and initrd data.
+struct BootFrames<'a> {
+    args: &'a BootArgs,
+    dir: Option<&'a OutputDir>,
+    send_data: bool,
+    plan: Option<Plan>,
+    kernel: Option<Incoming>,
+    initrd: Option<Incoming>,
+}
+
+impl sandbox::Frames for BootFrames<'_> {
+    fn frame(&mut self, tag: Tag, data: &[u8]) -> Result<(), Error> {
+        match tag {
+            Tag::Plan if self.plan.is_none() => {
+                let mut p: Plan = serde_json::from_slice(data)
+                    .map_err(|e| guest(format!("the parser sent a malformed plan ({e})")))?;
+                check_plan(&p, self.args)?;
+                // Only shown on the console (the data comes by frames): the
+                // label and paths are guest strings and may hold escape
+                // sequences. The command line is already checked.
+                p.label = sandbox::sanitize(&p.label);
+                p.kernel = sandbox::sanitize(&p.kernel);
+                p.found_in = sandbox::sanitize(&p.found_in);
+                if let Some((path, _)) = &mut p.initrd {
+                    *path = sandbox::sanitize(path);
+                }
+                if self.send_data {
+                    self.kernel = Some(Incoming::new(self.dir, "boot_kernel.", p.kernel_len)?);
+                    self.initrd = p
+                        .initrd
+                        .as_ref()
+                        .map(|(_, len)| Incoming::new(self.dir, "boot_ramdisk.", *len))
+                        .transpose()?;
+                }
+                self.plan = Some(p);
+                Ok(())
+            }
+            _ => Err(guest("the parser sent an unexpected frame".into())),
+        }
+    }
+
+    fn data(&mut self, tag: Tag, len: u64) -> Result<&mut std::fs::File, Error> {
+        match tag {
+            Tag::Kernel => self
+                .kernel
+                .as_mut()
+                .ok_or_else(|| guest("unexpected kernel data".into()))?
+                .reserve("kernel", len),
+            Tag::Initrd => self
+                .initrd
+                .as_mut()
+                .ok_or_else(|| guest("unexpected initrd data".into()))?
+                .reserve("initrd", len),
+            _ => Err(guest("the parser sent an unexpected frame".into())),
+        }
+    }
+}
+
+/// Receives the frames of a listing: one per generation, within a count
+/// and a byte budget.
+struct ListFrames {
+    generations: Vec<Listed>,
+    bytes: usize,
+}
+
+impl sandbox::Frames for ListFrames {
+    fn frame(&mut self, tag: Tag, data: &[u8]) -> Result<(), Error> {
+        match tag {
+            Tag::Listing => {
+                self.bytes = self.bytes.saturating_add(data.len());
+                if self.generations.len() > MAX_GENERATIONS || self.bytes > MAX_LISTING {
+                    return Err(guest(format!(
+                        "the parser sent more than {MAX_GENERATIONS} generations or {MAX_LISTING} bytes of listing"
+                    )));
+                }
+                let g = serde_json::from_slice(data)
+                    .map_err(|e| guest(format!("the parser sent a malformed listing ({e})")))?;
+                self.generations.push(g);
+                Ok(())
+            }
+            _ => Err(guest("the parser sent an unexpected frame".into())),
+        }
+    }
+
+    fn data(&mut self, _: Tag, _: u64) -> Result<&mut std::fs::File, Error> {
+        Err(guest("the parser sent an unexpected frame".into()))
     }
 }
 
@@ -158,44 +259,18 @@ pub fn boot(a: &BootArgs) -> Result<(), Error> {
         runas: a.runas,
         verbosity: a.verbosity(),
     };
-    let mut plan: Option<Plan> = None;
-    let mut kernel: Option<Incoming> = None;
-    let mut initrd: Option<Incoming> = None;
-    sandbox::run_child(&disk, &request, &confinement, |tag, data| match tag {
-        Tag::Plan if plan.is_none() => {
-            let mut p: Plan =
-                serde_json::from_slice(data).map_err(|e| guest(format!("the parser sent a malformed plan ({e})")))?;
-            check_plan(&p, a)?;
-            // Only shown on the console (the data comes by frames): the
-            // label and paths are guest strings and may hold escape
-            // sequences. The command line is already checked.
-            p.label = sandbox::sanitize(&p.label);
-            p.kernel = sandbox::sanitize(&p.kernel);
-            p.found_in = sandbox::sanitize(&p.found_in);
-            if let Some((path, _)) = &mut p.initrd {
-                *path = sandbox::sanitize(path);
-            }
-            if request.send_data {
-                kernel = Some(Incoming::new(dir.as_ref(), "boot_kernel.", p.kernel_len)?);
-                initrd = p
-                    .initrd
-                    .as_ref()
-                    .map(|(_, len)| Incoming::new(dir.as_ref(), "boot_ramdisk.", *len))
-                    .transpose()?;
-            }
-            plan = Some(p);
-            Ok(())
-        }
-        Tag::Kernel => kernel
-            .as_mut()
-            .ok_or_else(|| guest("unexpected kernel data".into()))?
-            .take("kernel", data),
-        Tag::Initrd => initrd
-            .as_mut()
-            .ok_or_else(|| guest("unexpected initrd data".into()))?
-            .take("initrd", data),
-        _ => Err(guest("the parser sent an unexpected frame".into())),
-    })?;
+    let mut rx = BootFrames {
+        args: a,
+        dir: dir.as_ref(),
+        send_data: request.send_data,
+        plan: None,
+        kernel: None,
+        initrd: None,
+    };
+    sandbox::run_child(&disk, &request, &confinement, &mut rx)?;
+    let BootFrames {
+        plan, kernel, initrd, ..
+    } = rx;
     let plan = plan.ok_or_else(|| guest("the parser finished without choosing an entry".into()))?;
     log::info!("booting {} from {}", plan.label, plan.found_in);
     log::info!("kernel {} ({} bytes)", plan.kernel, plan.kernel_len);
@@ -259,25 +334,12 @@ fn listing(disk: &Disk, offset: Option<u64>, known_pv: Vec<String>, verbosity: u
         cmdline_override: None,
     };
     let confinement = Confinement { runas: None, verbosity };
-    // One Listing frame per generation, within a count and a byte budget.
-    let mut generations: Vec<Listed> = Vec::new();
-    let mut bytes: usize = 0;
-    sandbox::run_child(disk, &request, &confinement, |tag, data| match tag {
-        Tag::Listing => {
-            bytes = bytes.saturating_add(data.len());
-            if generations.len() > MAX_GENERATIONS || bytes > MAX_LISTING {
-                return Err(guest(format!(
-                    "the parser sent more than {MAX_GENERATIONS} generations or {MAX_LISTING} bytes of listing"
-                )));
-            }
-            generations.push(
-                serde_json::from_slice(data)
-                    .map_err(|e| guest(format!("the parser sent a malformed listing ({e})")))?,
-            );
-            Ok(())
-        }
-        _ => Err(guest("the parser sent an unexpected frame".into())),
-    })?;
+    let mut rx = ListFrames {
+        generations: Vec::new(),
+        bytes: 0,
+    };
+    sandbox::run_child(disk, &request, &confinement, &mut rx)?;
+    let generations = rx.generations;
     Ok(Listing { generations })
 }
 

@@ -164,10 +164,17 @@ pub fn precheck_superblock(sb: &[u8], fs_len: u64) -> Result<(), FsError> {
     if !(1..=bits).contains(&ipg) {
         return Err(FsError::BadSuperblock("inodes per group out of range"));
     }
-    let mut blocks = u64::from(sb_u32(sb, S_BLOCKS_COUNT_LO));
-    if sb_u32(sb, S_FEATURE_INCOMPAT) & INCOMPAT_64BIT != 0 {
-        blocks |= u64::from(sb_u32(sb, S_BLOCKS_COUNT_HI)) << 32;
+    // ext4-view combines s_blocks_count_hi with the low word whether or not
+    // the 64bit feature is set (the kernel ignores it without 64bit), and
+    // sizes its group descriptor table from the result: check the value
+    // ext4-view will use, and refuse a high word it would misread.
+    let hi = sb_u32(sb, S_BLOCKS_COUNT_HI);
+    if hi != 0 && sb_u32(sb, S_FEATURE_INCOMPAT) & INCOMPAT_64BIT == 0 {
+        return Err(FsError::BadSuperblock(
+            "s_blocks_count_hi set without the 64bit feature",
+        ));
     }
+    let blocks = u64::from(sb_u32(sb, S_BLOCKS_COUNT_LO)) | u64::from(hi) << 32;
     if blocks.checked_mul(bs).is_none_or(|b| b > fs_len) {
         return Err(FsError::BadSuperblock("block count exceeds the partition"));
     }
@@ -459,26 +466,18 @@ impl GuestFs {
         }
     }
 
+    /// Resolve `path` to a regular file of at most `cap` bytes, without
+    /// opening it. Returns the resolved path and the file's length.
+    pub fn stat_regular(&self, path: &[u8], cap: u64) -> Result<(Vec<u8>, u64), FsError> {
+        let (p, meta) = self.stat(path)?;
+        let len = check_regular(path, &meta, cap)?;
+        Ok((p, len))
+    }
+
     /// Open the regular file `path` resolves to, refusing anything over
     /// `cap` bytes. Returns the resolved path, the file and its length.
     pub fn open_regular(&self, path: &[u8], cap: u64) -> Result<(Vec<u8>, ext4_view::File, u64), FsError> {
-        let (p, meta) = self.stat(path)?;
-        let kind = Kind::of(&meta);
-        if kind != Kind::File {
-            return Err(FsError::WrongType {
-                path: escape(path),
-                found: kind.name(),
-                wanted: "regular file",
-            });
-        }
-        let len = meta.len();
-        if len > cap {
-            return Err(FsError::TooLarge {
-                path: escape(path),
-                len,
-                cap,
-            });
-        }
+        let (p, len) = self.stat_regular(path, cap)?;
         let ep = ext4_view::Path::try_from(p.as_slice()).map_err(|_| FsError::PathTooLong(escape(path)))?;
         let f = self.fs.open(ep).map_err(|e| map_err(&p, e))?;
         Ok((p, f, len))
@@ -577,6 +576,26 @@ impl GuestFs {
     }
 }
 
+fn check_regular(path: &[u8], meta: &Metadata, cap: u64) -> Result<u64, FsError> {
+    let kind = Kind::of(meta);
+    if kind != Kind::File {
+        return Err(FsError::WrongType {
+            path: escape(path),
+            found: kind.name(),
+            wanted: "regular file",
+        });
+    }
+    let len = meta.len();
+    if len > cap {
+        return Err(FsError::TooLarge {
+            path: escape(path),
+            len,
+            cap,
+        });
+    }
+    Ok(len)
+}
+
 fn map_err(path: &[u8], e: Ext4Error) -> FsError {
     match e {
         Ext4Error::NotFound => FsError::NotFound(escape(path)),
@@ -632,6 +651,27 @@ mod tests {
         ));
         assert!(matches!(
             precheck_superblock(&sb(0, 8192, 8192, 256), 4 << 20),
+            Err(FsError::BadSuperblock("block count exceeds the partition"))
+        ));
+    }
+
+    /// testdata/regress/fuzz_disk_blocks_count_hi.bin: ext4-view reads
+    /// s_blocks_count_hi even without the 64bit feature; the precheck did
+    /// not, so 0 blocks passed it and ext4-view then sized its descriptor
+    /// table for 2^40 blocks (a 2 GiB allocation, an abort).
+    #[test]
+    fn blocks_count_hi_without_64bit() {
+        let mut s = sb(0, 0, 8192, 96);
+        s[S_BLOCKS_COUNT_HI + 1] = 1;
+        assert!(matches!(
+            precheck_superblock(&s, 2048),
+            Err(FsError::BadSuperblock(
+                "s_blocks_count_hi set without the 64bit feature"
+            ))
+        ));
+        s[S_FEATURE_INCOMPAT] = 0x80;
+        assert!(matches!(
+            precheck_superblock(&s, 2048),
             Err(FsError::BadSuperblock("block count exceeds the partition"))
         ));
     }

@@ -125,27 +125,48 @@ pub fn write_json<T: Serialize>(w: &mut dyn Write, tag: Tag, value: &T) -> io::R
     write_frame(w, tag, &bytes)
 }
 
-/// Read one frame into `buf`; `None` at a clean end of stream.
-pub fn read_frame(r: &mut dyn Read, buf: &mut Vec<u8>) -> io::Result<Option<Tag>> {
-    let mut head = [0u8; 5];
-    let mut got = 0;
-    while got < head.len() {
-        let Some(rest) = head.get_mut(got..) else { break };
-        match r.read(rest)? {
-            0 if got == 0 => return Ok(None),
-            0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated frame header")),
-            n => got = got.saturating_add(n),
-        }
-    }
+/// Check a frame header: a known tag and a length within [`MAX_FRAME`].
+pub fn parse_header(head: [u8; 5]) -> io::Result<(Tag, usize)> {
     let [t, l0, l1, l2, l3] = head;
     let tag = Tag::from_byte(t).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown frame tag"))?;
     let len = usize::try_from(u32::from_le_bytes([l0, l1, l2, l3])).unwrap_or(usize::MAX);
     if len > MAX_FRAME {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too large"));
     }
+    Ok((tag, len))
+}
+
+/// Read one frame header; `None` at a clean end of stream.
+pub fn read_header(r: &mut dyn Read) -> io::Result<Option<(Tag, usize)>> {
+    let mut head = [0u8; 5];
+    let mut got = 0;
+    while got < head.len() {
+        let Some(rest) = head.get_mut(got..) else { break };
+        match r.read(rest) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated frame header")),
+            Ok(n) => got = got.saturating_add(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    parse_header(head).map(Some)
+}
+
+/// Read a `len`-byte payload (`len` from [`read_header`], so at most
+/// [`MAX_FRAME`]) into `buf`.
+pub fn read_payload(r: &mut dyn Read, len: usize, buf: &mut Vec<u8>) -> io::Result<()> {
     buf.clear();
     buf.resize(len, 0);
-    r.read_exact(buf)?;
+    r.read_exact(buf)
+}
+
+/// Read one frame into `buf`; `None` at a clean end of stream.
+pub fn read_frame(r: &mut dyn Read, buf: &mut Vec<u8>) -> io::Result<Option<Tag>> {
+    let Some((tag, len)) = read_header(r)? else {
+        return Ok(None);
+    };
+    read_payload(r, len, buf)?;
     Ok(Some(tag))
 }
 

@@ -17,6 +17,8 @@ pub mod disk;
 pub mod error;
 #[doc(hidden)]
 pub mod fixtures;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guestfs;
 pub mod ipc;
 pub mod kernel;

@@ -119,6 +119,11 @@ impl OutFile {
         self.inner.as_file_mut()
     }
 
+    /// The file, read-only access (metadata).
+    pub fn as_file(&self) -> &File {
+        self.inner.as_file()
+    }
+
     /// Its path.
     pub fn path(&self) -> &Path {
         self.inner.path()

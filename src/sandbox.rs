@@ -21,7 +21,7 @@
 //! status 0 never yields a result.
 
 use std::fs::File;
-use std::io::{BufReader, Write};
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitCode, Stdio};
@@ -37,6 +37,9 @@ use crate::limits::{CHILD_ADDRESS_SPACE, CHILD_DEADLINE_SECS};
 
 /// argv[1] that makes the binary act as the parse child.
 pub const CHILD_ARG: &str = "--nixboot-internal-parse-child";
+
+/// Capacity requested for the frame pipe (Linux's default `pipe-max-size`).
+const PIPE_SIZE: i32 = 1 << 20;
 
 /// How the child is confined, decided by the parent.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -161,13 +164,56 @@ fn enter_empty_root() -> nix::Result<()> {
     nix::unistd::chdir("/")
 }
 
-/// Run the parse child on `disk` and hand each frame to `on_frame` until
+/// What the parent does with the frames of the parse child.
+pub trait Frames {
+    /// A metadata frame (anything but file data); the payload is untrusted.
+    fn frame(&mut self, tag: Tag, payload: &[u8]) -> Result<(), Error>;
+    /// The next `len` bytes in the pipe are file data of `tag`
+    /// ([`Tag::Kernel`] or [`Tag::Initrd`]): account for them and return
+    /// the file they are appended to, or refuse them.
+    fn data(&mut self, tag: Tag, len: u64) -> Result<&mut File, Error>;
+}
+
+/// Move exactly `len` bytes from the pipe to the end of `out`: with
+/// splice(2), so the data goes from the pipe's pages into the file without
+/// a trip through this process, or with read/write where splice is not
+/// supported.
+fn copy_data(pipe: &mut File, out: &mut File, len: usize, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    use nix::errno::Errno;
+    use nix::fcntl::{SpliceFFlags, splice};
+    use std::io::{ErrorKind, Read};
+    let short = || std::io::Error::new(ErrorKind::UnexpectedEof, "file data cut short");
+    let mut left = len;
+    let mut use_splice = true;
+    while left > 0 {
+        if use_splice {
+            match splice(&*pipe, None, &*out, None, left, SpliceFFlags::SPLICE_F_MOVE) {
+                Ok(0) => return Err(short()),
+                Ok(n) => left = left.saturating_sub(n),
+                Err(Errno::EINTR) => {}
+                Err(Errno::EINVAL | Errno::ENOSYS) => use_splice = false,
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            buf.resize(left.min(1 << 20), 0);
+            pipe.read_exact(buf).map_err(|e| match e.kind() {
+                ErrorKind::UnexpectedEof => short(),
+                _ => e,
+            })?;
+            out.write_all(buf)?;
+            left = left.saturating_sub(buf.len());
+        }
+    }
+    Ok(())
+}
+
+/// Run the parse child on `disk` and hand each frame to `frames` until
 /// the child's `Done`. Any failure of the child becomes an [`Error`].
 pub fn run_child(
     disk: &Disk,
     request: &Request,
     confinement: &Confinement,
-    mut on_frame: impl FnMut(Tag, &[u8]) -> Result<(), Error>,
+    frames: &mut dyn Frames,
 ) -> Result<(), Error> {
     let exe = std::env::current_exe().map_err(|e| Error::host("finding the nixboot executable", e))?;
     let args = serde_json::to_string(&ChildArgs {
@@ -200,17 +246,48 @@ pub fn run_child(
     let Some(stdout) = child.stdout.take() else {
         return Err(Error::HostMsg("parse child has no output pipe".into()));
     };
-    let mut reader = BufReader::with_capacity(1 << 20, stdout);
+    let mut pipe = File::from(std::os::fd::OwnedFd::from(stdout));
+    // A pipe as large as a data frame: the child writes a whole frame per
+    // wakeup instead of 16 pages at a time (the default is 64 KiB).
+    if let Err(e) = nix::fcntl::fcntl(&pipe, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE)) {
+        log::debug!("cannot grow the frame pipe to {PIPE_SIZE} bytes: {e}");
+    }
     let mut buf = Vec::new();
     let mut outcome: Result<bool, Error> = Ok(false);
+    let malformed = |e: std::io::Error| Error::Reported {
+        fault: Fault::Guest,
+        message: format!("the parser sent a malformed frame ({e})"),
+    };
     loop {
-        match ipc::read_frame(&mut reader, &mut buf) {
+        let (tag, len) = match ipc::read_header(&mut pipe) {
             Ok(None) => break,
-            Ok(Some(Tag::Done)) => {
+            Ok(Some(h)) => h,
+            Err(e) => {
+                outcome = Err(malformed(e));
+                break;
+            }
+        };
+        if let Tag::Kernel | Tag::Initrd = tag {
+            let n = u64::try_from(len).unwrap_or(u64::MAX);
+            let step = frames
+                .data(tag, n)
+                .and_then(|out| copy_data(&mut pipe, out, len, &mut buf).map_err(malformed));
+            if let Err(e) = step {
+                outcome = Err(e);
+                break;
+            }
+            continue;
+        }
+        if let Err(e) = ipc::read_payload(&mut pipe, len, &mut buf) {
+            outcome = Err(malformed(e));
+            break;
+        }
+        match tag {
+            Tag::Done => {
                 outcome = Ok(true);
                 break;
             }
-            Ok(Some(Tag::Failure)) => {
+            Tag::Failure => {
                 outcome = Err(match serde_json::from_slice::<Failure>(&buf) {
                     Ok(f) => Error::Reported {
                         fault: f.fault,
@@ -223,22 +300,15 @@ pub fn run_child(
                 });
                 break;
             }
-            Ok(Some(tag)) => {
-                if let Err(e) = on_frame(tag, &buf) {
+            tag => {
+                if let Err(e) = frames.frame(tag, &buf) {
                     outcome = Err(e);
                     break;
                 }
             }
-            Err(e) => {
-                outcome = Err(Error::Reported {
-                    fault: Fault::Guest,
-                    message: format!("the parser sent a malformed frame ({e})"),
-                });
-                break;
-            }
         }
     }
-    drop(reader);
+    drop(pipe);
     if !matches!(outcome, Ok(true)) {
         let _ = child.kill();
     }
@@ -246,6 +316,7 @@ pub fn run_child(
     let _ = stop_tx.send(());
     let timed_out = watchdog.join().unwrap_or(false);
     let status = status?;
+    log_usage();
     if timed_out {
         return Err(Error::Reported {
             fault: Fault::Guest,
@@ -259,6 +330,27 @@ pub fn run_child(
             fault: Fault::Guest,
             message: describe(status),
         }),
+    }
+}
+
+/// Debug log: peak RSS and CPU time of this process and of the (waited
+/// for) parse child, for benchmarks and limit tuning.
+fn log_usage() {
+    use nix::sys::resource::{UsageWho, getrusage};
+    if !log::log_enabled!(log::Level::Debug) {
+        return;
+    }
+    if let (Ok(me), Ok(child)) = (getrusage(UsageWho::RUSAGE_SELF), getrusage(UsageWho::RUSAGE_CHILDREN)) {
+        let ms = |t: nix::sys::time::TimeVal| t.tv_sec().saturating_mul(1000).saturating_add(t.tv_usec() / 1000);
+        log::debug!(
+            "parent peak RSS {} KiB, parse child peak RSS {} KiB; CPU ms user/system: parent {}/{}, child {}/{}",
+            me.max_rss(),
+            child.max_rss(),
+            ms(me.user_time()),
+            ms(me.system_time()),
+            ms(child.user_time()),
+            ms(child.system_time())
+        );
     }
 }
 
@@ -292,4 +384,55 @@ pub fn sanitize(s: &str) -> String {
         .take(2048)
         .map(|c| if c.is_control() { '?' } else { c })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Seek};
+
+    fn pipe_with(data: Vec<u8>) -> (File, std::thread::JoinHandle<()>) {
+        let (r, mut w) = std::io::pipe().unwrap();
+        let t = std::thread::spawn(move || {
+            let _ = w.write_all(&data);
+        });
+        (File::from(std::os::fd::OwnedFd::from(r)), t)
+    }
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[test]
+    fn copy_data_moves_exactly_len_bytes() {
+        // O_APPEND makes splice(2) fail with EINVAL: the read/write path.
+        for append in [false, true] {
+            let (mut pipe, t) = pipe_with(data(3 << 20));
+            let mut out = tempfile::tempfile().unwrap();
+            if append {
+                out = File::options()
+                    .append(true)
+                    .read(true)
+                    .open(tempfile::NamedTempFile::new().unwrap().path())
+                    .unwrap();
+            }
+            let mut buf = Vec::new();
+            copy_data(&mut pipe, &mut out, (2 << 20) + 5, &mut buf).unwrap();
+            copy_data(&mut pipe, &mut out, (1 << 20) - 5, &mut buf).unwrap();
+            t.join().unwrap();
+            let mut got = Vec::new();
+            out.rewind().unwrap();
+            out.read_to_end(&mut got).unwrap();
+            assert!(got == data(3 << 20), "append={append}");
+        }
+    }
+
+    #[test]
+    fn copy_data_reports_a_short_stream() {
+        let (mut pipe, t) = pipe_with(data(1000));
+        let mut out = tempfile::tempfile().unwrap();
+        let e = copy_data(&mut pipe, &mut out, 1001, &mut Vec::new()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+        t.join().unwrap();
+    }
 }

@@ -1,0 +1,334 @@
+//! Fuzz entry points, shared by the cargo-fuzz targets in `fuzz/` and by
+//! the stable replay test (`tests/fuzz_replay.rs`) that runs every
+//! committed seed and regression input under `cargo test`.
+//!
+//! Each function takes arbitrary bytes and must return without panicking,
+//! aborting or hanging, whatever the bytes are; where a stage makes a
+//! promise about its output (a command line has no control characters and
+//! fits a PV guest, a result file splits into exactly its items) the entry
+//! point asserts it, so a broken promise is a crash the fuzzer reports.
+//! Not part of the API: hidden from the docs and subject to change.
+
+use std::io;
+use std::rc::Rc;
+
+use crate::boot::{self, Mode, Request, Selection};
+use crate::cmdline;
+use crate::disk::BlockSource;
+use crate::ipc::{self, Listing, Plan, Tag};
+use crate::limits::{MAX_CMDLINE, MAX_PARTITIONS, MAX_RESULT_ITEM, MIB};
+use crate::nixos::bootspec;
+use crate::output::{self, BootResult, Format};
+use crate::part::{self, gpt, mbr};
+
+/// Separator between the fields of a structured input ([`cmdline`],
+/// [`render`]): never part of valid UTF-8, so a field can hold any text.
+pub const FIELD_SEP: u8 = 0xFF;
+
+/// Kernel and initrd caps for [`disk`]: a sparse file on a small image can
+/// claim any size up to the cap, and streaming hundreds of MiB of holes
+/// would only slow the fuzzer down without reaching new code.
+pub const FUZZ_MAX_FILE: u64 = 4 * MIB;
+
+/// Partition discovery on a disk image: the candidates (with and without a
+/// forced offset) and the MBR and GPT parsers on the raw sectors.
+///
+/// # Panics
+///
+/// If a candidate lies outside the disk or is empty, or there are more
+/// than [`MAX_PARTITIONS`] of them (plus the bare filesystem).
+pub fn partitions(data: &[u8]) {
+    let img = data.to_vec();
+    let len = BlockSource::len(&img);
+    if let Ok(cands) = part::candidates(&img, None) {
+        assert!(
+            cands.len() <= MAX_PARTITIONS.saturating_add(1),
+            "{} candidates",
+            cands.len()
+        );
+        for c in &cands {
+            assert!(c.len > 0, "empty candidate {c:?}");
+            let end = c.offset.checked_add(c.len).expect("candidate end overflows");
+            assert!(end <= len, "candidate {c:?} beyond the {len}-byte disk");
+            let _ = c.to_string();
+            let _ = part::has_ext_magic(&img, c.offset);
+        }
+    }
+    // A forced offset taken from the first 8 bytes (mostly out of range).
+    let forced = data
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or(0);
+    if let Ok(cands) = part::candidates(&img, Some(forced)) {
+        assert_eq!(cands.len(), 1);
+        for c in &cands {
+            assert!(c.offset == forced && c.len > 0 && c.offset.saturating_add(c.len) == len);
+        }
+    }
+    if let Some(sector0) = data.get(..512) {
+        let _ = mbr::parse_table(sector0);
+        if let Some(p) = mbr::parse_primaries(sector0) {
+            assert!(p.len() <= 4);
+        }
+    }
+    if let Some(sector1) = data.get(512..1024)
+        && let Ok(h) = gpt::parse_header(sector1, 1)
+    {
+        let bytes = usize::try_from(h.count)
+            .unwrap_or(0)
+            .saturating_mul(usize::try_from(h.entry_size).unwrap_or(0));
+        let array = data.get(1024..).unwrap_or_default();
+        let array = array.get(..bytes.min(array.len())).unwrap_or_default();
+        if let Ok(parts) = gpt::parse_entries(array, &h, len) {
+            assert!(parts.len() <= MAX_PARTITIONS);
+        }
+    }
+}
+
+fn request(mode: Mode) -> Request {
+    Request {
+        mode,
+        offset: None,
+        selection: Selection::Default,
+        args: Some("console=hvc0".into()),
+        max_kernel: FUZZ_MAX_FILE,
+        max_initrd: FUZZ_MAX_FILE,
+        send_data: true,
+        known_pv: Vec::new(),
+        cmdline_override: None,
+    }
+}
+
+/// A writer that checks the frames the parse child would send the way the
+/// parent checks them, as they are written: every frame is well formed,
+/// metadata deserializes and obeys its caps, and file data adds up to what
+/// the plan announced. File data is counted, not kept.
+#[derive(Default)]
+struct FrameChecker {
+    /// Header bytes of the frame being written.
+    head: Vec<u8>,
+    /// Tag and payload bytes still expected for the current frame.
+    current: Option<(Tag, usize)>,
+    /// Payload of a metadata frame.
+    payload: Vec<u8>,
+    plan: Option<Plan>,
+    kernel: u64,
+    initrd: u64,
+    done: bool,
+}
+
+impl FrameChecker {
+    fn frame_done(&mut self, tag: Tag) {
+        let buf = std::mem::take(&mut self.payload);
+        match tag {
+            Tag::Plan => {
+                assert!(self.plan.is_none(), "second plan");
+                let p: Plan = serde_json::from_slice(&buf).expect("unreadable plan");
+                cmdline::check_value("command line", &p.cmdline).expect("plan with a control character");
+                assert!(p.cmdline.len() <= MAX_CMDLINE);
+                assert!(p.kernel_len <= FUZZ_MAX_FILE);
+                assert!(p.initrd.as_ref().is_none_or(|(_, l)| *l <= FUZZ_MAX_FILE));
+                self.plan = Some(p);
+            }
+            Tag::Listing => {
+                // One frame per generation.
+                let g: crate::ipc::Listed = serde_json::from_slice(&buf).expect("unreadable listing");
+                let l = Listing { generations: vec![g] };
+                let _ = crate::list::table(&l);
+                let _ = crate::list::json(&l);
+            }
+            Tag::Failure => panic!("boot::run writes no failure frames"),
+            Tag::Done => self.done = true,
+            Tag::Kernel | Tag::Initrd => {}
+        }
+    }
+
+    /// After a successful run: the stream ended with `Done` and the file
+    /// data matches the plan.
+    fn finish(&self) {
+        assert!(self.done, "no Done frame after success");
+        assert!(self.head.is_empty() && self.current.is_none(), "truncated frame");
+        if let Some(p) = &self.plan {
+            assert_eq!(self.kernel, p.kernel_len, "kernel bytes sent");
+            assert_eq!(
+                self.initrd,
+                p.initrd.as_ref().map_or(0, |(_, l)| *l),
+                "initrd bytes sent"
+            );
+        }
+    }
+}
+
+impl io::Write for FrameChecker {
+    fn write(&mut self, mut buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len();
+        while !buf.is_empty() {
+            assert!(!self.done, "frame after Done");
+            let Some((tag, left)) = self.current else {
+                let want = 5usize.saturating_sub(self.head.len());
+                let (h, rest) = buf.split_at(want.min(buf.len()));
+                self.head.extend_from_slice(h);
+                buf = rest;
+                if let Ok(head) = <[u8; 5]>::try_from(self.head.as_slice()) {
+                    self.head.clear();
+                    let (tag, len) = ipc::parse_header(head).expect("malformed frame header");
+                    if len == 0 {
+                        self.frame_done(tag);
+                    } else {
+                        self.current = Some((tag, len));
+                    }
+                }
+                continue;
+            };
+            let (p, rest) = buf.split_at(left.min(buf.len()));
+            buf = rest;
+            let got = u64::try_from(p.len()).unwrap_or(u64::MAX);
+            match tag {
+                Tag::Kernel => self.kernel = self.kernel.saturating_add(got),
+                Tag::Initrd => self.initrd = self.initrd.saturating_add(got),
+                _ => self.payload.extend_from_slice(p),
+            }
+            let left = left.saturating_sub(p.len());
+            if left == 0 {
+                self.current = None;
+                self.frame_done(tag);
+            } else {
+                self.current = Some((tag, left));
+            }
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The whole guest-side pipeline on a disk image: [`boot::run`] in Boot
+/// mode (streaming the kernel and initrd) and in List mode, its frames
+/// checked as the parent checks them. Errors are formatted as they would
+/// be for the console.
+///
+/// # Panics
+///
+/// If a successful run writes frames the parent would reject.
+pub fn disk(data: &[u8]) {
+    let src: Rc<dyn BlockSource> = Rc::new(data.to_vec());
+    for mode in [Mode::Boot, Mode::List] {
+        let mut out = FrameChecker::default();
+        match boot::run(src.clone(), &request(mode), &mut out) {
+            Ok(()) => out.finish(),
+            Err(e) => {
+                let _ = e.to_string();
+                let _ = e.message();
+                let _ = e.fault();
+            }
+        }
+    }
+}
+
+/// `boot.json` parsing.
+///
+/// # Panics
+///
+/// If a parsed document breaks the caps the parser promises.
+pub fn bootspec(data: &[u8]) {
+    if let Ok(b) = bootspec::parse(data) {
+        assert!(b.v1.kernel_params.len() <= crate::limits::MAX_KERNEL_PARAMS);
+        assert!(b.specialisations.len() <= crate::limits::MAX_SPECIALISATIONS);
+    }
+}
+
+/// Split `data` into a flags byte and [`FIELD_SEP`]-separated text fields
+/// (invalid UTF-8 replaced).
+fn fields(data: &[u8]) -> (u8, Vec<String>) {
+    let (flags, rest) = data.split_first().map_or((0, &[][..]), |(f, r)| (*f, r));
+    let fields = rest
+        .split(|b| *b == FIELD_SEP)
+        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .collect();
+    (flags, fields)
+}
+
+/// Command-line assembly. Input: a flags byte (bit 0: the first field is
+/// `init`; bit 1: the last field is `--args`), then fields separated by
+/// [`FIELD_SEP`]; the fields in between are kernel parameters.
+///
+/// # Panics
+///
+/// If [`cmdline::build`] accepts a line with a control character, longer
+/// than [`MAX_CMDLINE`] bytes, or that does not hold its parts in order.
+pub fn cmdline(data: &[u8]) {
+    let (flags, mut f) = fields(data);
+    let init = (flags & 1 != 0 && !f.is_empty()).then(|| f.remove(0));
+    let extra = (flags & 2 != 0).then(|| f.pop()).flatten();
+    let Ok(line) = cmdline::build(init.as_deref(), &f, extra.as_deref()) else {
+        return;
+    };
+    assert!(!line.chars().any(char::is_control), "control character in {line:?}");
+    assert!(line.len() <= MAX_CMDLINE, "{}-byte command line", line.len());
+    if let Some(i) = &init {
+        assert!(
+            line.starts_with(&format!("init={i}")),
+            "{line:?} does not start with init={i:?}"
+        );
+    }
+    if let Some(x) = extra.as_deref().filter(|x| !x.trim().is_empty()) {
+        assert!(line.ends_with(x), "{line:?} does not end with --args {x:?}");
+    }
+    for p in f.iter().filter(|p| !p.trim().is_empty()) {
+        assert!(line.contains(p.as_str()), "{line:?} lacks {p:?}");
+    }
+}
+
+/// Result rendering. Input: a flags byte (bit 0: there is a ramdisk), then
+/// kernel, ramdisk (only with bit 0), args separated by [`FIELD_SEP`].
+///
+/// # Panics
+///
+/// If a rendered result does not split into exactly its items, an item is
+/// 8192 bytes or more, sxp holds a control character, or a result that
+/// could be represented is refused.
+pub fn render(data: &[u8]) {
+    let (flags, mut f) = fields(data);
+    f.reverse();
+    let kernel = f.pop().unwrap_or_default();
+    let ramdisk = if flags & 1 != 0 { f.pop() } else { None };
+    let args = f.pop().unwrap_or_default();
+    let r = BootResult { kernel, ramdisk, args };
+    let mut items = vec![format!("kernel {}", r.kernel)];
+    if let Some(rd) = &r.ramdisk {
+        items.push(format!("ramdisk {rd}"));
+    }
+    if !r.args.is_empty() {
+        items.push(format!("args {}", r.args));
+    }
+    let representable = items
+        .iter()
+        .all(|i| i.len() <= MAX_RESULT_ITEM && !i.chars().any(char::is_control));
+    for format in [Format::Simple0, Format::Simple, Format::Sxp] {
+        let Ok(bytes) = output::render(&r, format) else {
+            assert!(!representable, "{format:?} refused a representable result {r:?}");
+            continue;
+        };
+        assert!(representable, "{format:?} rendered {r:?}");
+        match format {
+            Format::Simple0 | Format::Simple => {
+                let sep = if format == Format::Simple0 { b'\0' } else { b'\n' };
+                // Items, each followed by SEP, then one more SEP.
+                let body = bytes
+                    .strip_suffix(&[sep, sep])
+                    .expect("result does not end with two separators");
+                let got: Vec<&[u8]> = body.split(|b| *b == sep).collect();
+                let want: Vec<&[u8]> = items.iter().map(|i| i.as_bytes()).collect();
+                assert_eq!(got, want, "{format:?} items");
+                assert!(got.iter().all(|i| i.len() < 8192));
+            }
+            Format::Sxp => {
+                let s = String::from_utf8(bytes).expect("sxp is not UTF-8");
+                assert!(!s.chars().any(char::is_control), "control character in {s:?}");
+                assert!(s.starts_with("linux (kernel "));
+            }
+        }
+    }
+}
