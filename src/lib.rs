@@ -15,6 +15,7 @@ pub mod cmdline;
 pub mod disk;
 pub mod error;
 pub mod guestfs;
+pub mod image;
 pub mod ipc;
 pub mod limits;
 pub mod list;
