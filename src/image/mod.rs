@@ -392,9 +392,10 @@ pub fn run(o: &Options) -> Result<(), Error> {
     }
 
     let staging = stage::Staging::create(&out_dir)?;
-    stage::copy_closure(&staging, &system, &closure, &mut p)?;
+    let method = stage::populate(&staging, &system, &closure, &mut p)?;
+    log::debug!("store paths staged: {method:?}");
     cmd::check_interrupted()?;
-    stage::rebuild_db(&staging, time, &mut p)?;
+    stage::register(&staging, &system, &closure, time, &mut p)?;
     stage::write_extras(
         &staging,
         &stage::Extras {
@@ -439,6 +440,9 @@ pub fn run(o: &Options) -> Result<(), Error> {
     cmd::check_interrupted()?;
     fs::fix_inodes(tmp.path(), &layout, time, &staging.scratch("owners.debugfs"), &mut p)?;
     fs::index(tmp.path(), &layout, time, &mut p)?;
+    // Before the fsync: whatever of a copied closure is still only in the
+    // page cache is then never written to disk.
+    drop(staging);
     p.stage("syncing", None);
     tmp.as_file()
         .sync_all()
@@ -446,7 +450,6 @@ pub fn run(o: &Options) -> Result<(), Error> {
         .map_err(|e| Error::host("syncing the image", e))?;
     cmd::check_interrupted()?;
     persist(tmp, &output, o.force)?;
-    drop(staging);
     p.finish();
 
     if let Some(d) = &domain_path {

@@ -1,21 +1,31 @@
 //! The staging tree: the guest's root filesystem before it becomes ext4.
 //!
 //! Built with Nix's own tools, as an ordinary user or as root:
-//! 1. `nix copy --no-check-sigs --to <root> <system>` copies the closure
-//!    into a chroot store at `<root>` (store paths + `nix/var/nix/db`);
-//!    the source is the daemon for a user, `/nix` for root.
-//! 2. `nix-env --store <root> -p <root>/nix/var/nix/profiles/system --set
-//!    <system>` makes `system -> system-1-link -> <system>` (everything is
-//!    valid already, so nothing is copied twice).
-//! 3. The DB is rebuilt so that it is the same bytes on every run:
-//!    `nix-store --dump-db` (sorted), a fresh DB from `nix-store
-//!    --load-db`, then one `sqlite3` statement that pins
-//!    `registrationTime` (`--load-db` uses `time()`) and carries `sigs`,
-//!    `ca` and `ultimate` over from `nix copy`'s DB (the dump drops them).
-//!    `nix copy` registers in whatever order its threads finish; the
-//!    rebuilt DB does not depend on that.
-//! 4. `/etc/NIXOS`, `/etc/nixos/configuration.nix`, `/root/.nix-channels`.
-//! 5. Everything outside the store paths gets fixed modes and times, and
+//! 1. The closure's store paths go to `<root>/nix/store`. Fast path:
+//!    hard links to the host store's files (no data is copied), used when
+//!    the staging directory is on the store's filesystem and the kernel
+//!    lets us link (root, or a user who owns the store; with
+//!    `fs.protected_hardlinks` a user cannot link root's files). Files the
+//!    host store already shares between paths (`auto-optimise-store`,
+//!    link count > 1) are copied, so that mke2fs does not turn them into
+//!    hard links and the image stays the same whichever way it was made.
+//!    Otherwise `nix copy --no-check-sigs --to <root> <system>` (a chroot
+//!    store; the source is the daemon for a user, `/nix` for root): the one
+//!    staging copy.
+//! 2. The store DB is made from the host's own registration of the closure:
+//!    `nix-store --dump-db <paths>` (narHash, narSize, deriver,
+//!    references — what `nix copy` transfers) loaded into a fresh
+//!    `<root>/nix/var/nix/db` with `nix-store --store <root> --load-db`,
+//!    in sorted order, so the DB does not depend on the order in which
+//!    `nix copy`'s threads finished.
+//! 3. `nix-env --store <root> -p <root>/nix/var/nix/profiles/system --set
+//!    <system>` makes `system -> system-1-link -> <system>`.
+//! 4. One `sqlite3` script pins `registrationTime` (`--load-db` uses
+//!    `time()`) and adds the signatures and `ca` fields `nix path-info`
+//!    reports (the dump format has no room for them), as `nix copy` keeps
+//!    them.
+//! 5. `/etc/NIXOS`, `/etc/nixos/configuration.nix`, `/root/.nix-channels`.
+//! 6. Everything outside the store paths gets fixed modes and times, and
 //!    the host-specific links Nix leaves in a chroot store are fixed:
 //!    `gcroots/profiles` points at `/nix/var/nix/profiles` (Nix writes the
 //!    absolute staging path), `gcroots/auto/*` (the staging path of the
@@ -29,7 +39,7 @@
 use std::ffi::OsString;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::sys::stat::{UtimensatFlags, utimensat};
@@ -42,11 +52,24 @@ use crate::error::Error;
 /// The logical store directory (what the guest sees).
 pub const STORE_DIR: &str = "/nix/store";
 
+/// What `nix path-info` says about one store path, beyond the dump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathMeta {
+    /// The store path.
+    pub path: String,
+    /// Its NAR size.
+    pub nar_size: u64,
+    /// Signatures (space-joined in the DB).
+    pub sigs: Vec<String>,
+    /// Content-address assertion.
+    pub ca: Option<String>,
+}
+
 /// The system's closure, as the host store reports it.
 #[derive(Debug, Clone)]
 pub struct Closure {
-    /// Store paths, sorted.
-    pub paths: Vec<String>,
+    /// Store paths with their metadata, sorted by path.
+    pub paths: Vec<PathMeta>,
     /// Sum of their NAR sizes.
     pub nar_size: u64,
 }
@@ -75,34 +98,44 @@ pub fn query_closure(system: &Path) -> Result<Closure, Error> {
     parse_path_info(&out.stdout)
 }
 
+fn meta_of(path: &str, o: &serde_json::Value) -> PathMeta {
+    let sigs = o
+        .get("signatures")
+        .and_then(|s| s.as_array())
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    PathMeta {
+        path: path.to_owned(),
+        nar_size: o.get("narSize").and_then(serde_json::Value::as_u64).unwrap_or(0),
+        sigs,
+        ca: o.get("ca").and_then(|c| c.as_str()).map(str::to_owned),
+    }
+}
+
 fn parse_path_info(json: &[u8]) -> Result<Closure, Error> {
     let bad = |why: &str| Error::HostMsg(format!("unexpected `nix path-info --json` output: {why}"));
     let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| bad(&e.to_string()))?;
-    let items: Vec<(String, u64)> = match &v {
+    let mut paths: Vec<PathMeta> = match &v {
         // Nix ≤ 2.18: a list of objects with "path".
         serde_json::Value::Array(a) => a
             .iter()
             .map(|o| {
                 let p = o.get("path").and_then(|p| p.as_str()).ok_or_else(|| bad("no path"))?;
-                let n = o.get("narSize").and_then(serde_json::Value::as_u64).unwrap_or(0);
-                Ok((p.to_owned(), n))
+                Ok(meta_of(p, o))
             })
             .collect::<Result<_, Error>>()?,
         // Newer Nix: an object keyed by path.
-        serde_json::Value::Object(m) => m
-            .iter()
-            .map(|(p, o)| {
-                (
-                    p.clone(),
-                    o.get("narSize").and_then(serde_json::Value::as_u64).unwrap_or(0),
-                )
-            })
-            .collect(),
+        serde_json::Value::Object(m) => m.iter().map(|(p, o)| meta_of(p, o)).collect(),
         _ => return Err(bad("neither a list nor an object")),
     };
-    let nar_size = items.iter().fold(0u64, |a, (_, n)| a.saturating_add(*n));
-    let mut paths: Vec<String> = items.into_iter().map(|(p, _)| p).collect();
-    paths.sort();
+    for p in &paths {
+        let name = p.path.strip_prefix("/nix/store/").unwrap_or("");
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(bad(&format!("{:?} is not a store path", p.path)));
+        }
+    }
+    paths.sort_by(|a, b| a.path.cmp(&b.path));
+    let nar_size = paths.iter().fold(0u64, |a, p| a.saturating_add(p.nar_size));
     Ok(Closure { paths, nar_size })
 }
 
@@ -113,8 +146,8 @@ pub struct Staging {
 }
 
 impl Staging {
-    /// Create it inside `dir` (next to the output image, so the closure
-    /// lands on the disk that will hold the image anyway).
+    /// Create it inside `dir` (next to the output image: the same disk,
+    /// and usually the store's filesystem, which allows hard links).
     pub fn create(dir: &Path) -> Result<Staging, Error> {
         let work = tempfile::Builder::new()
             .prefix(".nixboot-staging-")
@@ -185,9 +218,119 @@ pub struct Extras {
     pub channel: String,
 }
 
-/// Copy the closure into the staging root and make the system profile.
-pub fn copy_closure(st: &Staging, system: &Path, closure: &Closure, p: &mut Progress) -> Result<(), Error> {
+/// How the store paths got into the staging tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// Hard links to the host store's files.
+    Linked,
+    /// `nix copy`.
+    Copied,
+}
+
+/// Why linking stopped: not possible here (fall back), or a real error.
+enum LinkError {
+    Unsupported(String),
+    Fatal(Error),
+}
+
+fn times_of(m: &fs::Metadata) -> (TimeSpec, TimeSpec) {
+    (
+        TimeSpec::new(m.atime(), m.atime_nsec()),
+        TimeSpec::new(m.mtime(), m.mtime_nsec()),
+    )
+}
+
+fn set_times(path: &Path, m: &fs::Metadata) -> Result<(), Error> {
+    let (a, t) = times_of(m);
+    utimensat(nix::fcntl::AT_FDCWD, path, &a, &t, UtimensatFlags::NoFollowSymlink)
+        .map_err(|e| Error::host(format!("setting the times of {}", path.display()), e.into()))
+}
+
+/// Mirror `src` (in the host store) at `dst`: directories and symlinks
+/// recreated with the same mode and times, files hard-linked (or copied
+/// when the host already shares them).
+fn link_tree(src: &Path, dst: &Path) -> Result<(), LinkError> {
+    let fatal = |what: String, e: std::io::Error| LinkError::Fatal(Error::host(what, e));
+    let m = fs::symlink_metadata(src).map_err(|e| fatal(format!("stat {}", src.display()), e))?;
+    let ft = m.file_type();
+    if ft.is_dir() {
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(dst)
+            .map_err(|e| fatal(format!("creating {}", dst.display()), e))?;
+        let mut names: Vec<_> = fs::read_dir(src)
+            .map_err(|e| fatal(format!("reading {}", src.display()), e))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| fatal(format!("reading {}", src.display()), e))?;
+        names.sort();
+        for n in names {
+            link_tree(&src.join(&n), &dst.join(&n))?;
+        }
+        fs::set_permissions(dst, fs::Permissions::from_mode(m.permissions().mode() & 0o7777))
+            .map_err(|e| fatal(format!("chmod {}", dst.display()), e))?;
+    } else if ft.is_symlink() {
+        let target = fs::read_link(src).map_err(|e| fatal(format!("readlink {}", src.display()), e))?;
+        std::os::unix::fs::symlink(&target, dst).map_err(|e| fatal(format!("creating {}", dst.display()), e))?;
+    } else if ft.is_file() && m.nlink() == 1 {
+        if let Err(e) = fs::hard_link(src, dst) {
+            return Err(LinkError::Unsupported(format!(
+                "cannot hard-link {}: {e}",
+                src.display()
+            )));
+        }
+        return Ok(());
+    } else if ft.is_file() {
+        fs::copy(src, dst).map_err(|e| fatal(format!("copying {}", src.display()), e))?;
+        fs::set_permissions(dst, fs::Permissions::from_mode(m.permissions().mode() & 0o7777))
+            .map_err(|e| fatal(format!("chmod {}", dst.display()), e))?;
+    } else {
+        return Err(LinkError::Unsupported(format!(
+            "{} is not a file, directory or symlink",
+            src.display()
+        )));
+    }
+    set_times(dst, &m).map_err(LinkError::Fatal)
+}
+
+/// Try the hard-link fast path; `Ok(false)` when it does not apply here.
+fn link_closure(root: &Path, closure: &Closure, p: &mut Progress) -> Result<bool, Error> {
+    let store = Path::new(STORE_DIR);
+    let (Ok(sm), Ok(rm)) = (fs::metadata(store), fs::metadata(root)) else {
+        return Ok(false);
+    };
+    if sm.dev() != rm.dev() {
+        log::debug!("staging is not on the store's filesystem: copying with nix copy");
+        return Ok(false);
+    }
+    let dst_store = root.join("nix/store");
+    fs::create_dir_all(&dst_store).map_err(|e| Error::host("creating the staging store", e))?;
+    p.stage(
+        "linking the closure",
+        Some(u64::try_from(closure.paths.len()).unwrap_or(u64::MAX)),
+    );
+    for m in &closure.paths {
+        cmd::check_interrupted()?;
+        let name = m.path.strip_prefix("/nix/store/").unwrap_or(&m.path);
+        match link_tree(&store.join(name), &dst_store.join(name)) {
+            Ok(()) => p.inc(),
+            Err(LinkError::Fatal(e)) => return Err(e),
+            Err(LinkError::Unsupported(why)) => {
+                log::debug!("{why}: copying with nix copy instead");
+                remove_tree(&root.join("nix")).map_err(|e| Error::host("clearing the staging store", e))?;
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Put the closure's store paths into the staging root.
+pub fn populate(st: &Staging, system: &Path, closure: &Closure, p: &mut Progress) -> Result<Method, Error> {
     let root = st.root();
+    if link_closure(&root, closure, p)? {
+        return Ok(Method::Linked);
+    }
     p.stage(
         "copying the closure",
         Some(u64::try_from(closure.paths.len()).unwrap_or(u64::MAX)),
@@ -210,84 +353,82 @@ pub fn copy_closure(st: &Staging, system: &Path, closure: &Closure, p: &mut Prog
             ..Run::default()
         },
     )?;
-    p.stage("making the system profile", None);
-    let profile = root.join("nix/var/nix/profiles/system");
-    run_cmd(
-        cmd::command(
-            "nix-env",
-            [
-                OsString::from("--store"),
-                root.as_os_str().to_owned(),
-                "-p".into(),
-                profile.as_os_str().to_owned(),
-                "--set".into(),
-                system.as_os_str().to_owned(),
-            ],
-        ),
-        Run::default(),
-    )?;
-    Ok(())
+    Ok(Method::Copied)
 }
 
 fn sql_string(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// Rebuild the staging store's DB deterministically (see the module docs).
-pub fn rebuild_db(st: &Staging, time: u64, p: &mut Progress) -> Result<(), Error> {
+/// The sqlite3 script that pins registration times and adds signatures
+/// and content addresses.
+pub fn pin_script(closure: &Closure, time: u64) -> String {
+    let mut sql = format!("BEGIN;\nUPDATE ValidPaths SET registrationTime = {time};\n");
+    for m in &closure.paths {
+        if m.sigs.is_empty() && m.ca.is_none() {
+            continue;
+        }
+        let sigs = if m.sigs.is_empty() {
+            "NULL".to_owned()
+        } else {
+            sql_string(&m.sigs.join(" "))
+        };
+        let ca = m.ca.as_deref().map_or_else(|| "NULL".to_owned(), sql_string);
+        sql.push_str(&format!(
+            "UPDATE ValidPaths SET sigs = {sigs}, ca = {ca} WHERE path = {};\n",
+            sql_string(&m.path)
+        ));
+    }
+    sql.push_str("COMMIT;\n");
+    sql
+}
+
+/// Register the closure in the staging store and make the system profile
+/// (see the module docs, steps 2–4).
+pub fn register(st: &Staging, system: &Path, closure: &Closure, time: u64, p: &mut Progress) -> Result<(), Error> {
     p.stage("registering the store paths", None);
     let root = st.root();
     let db_dir = st.db_dir();
+    // The host's registration of exactly the closure, in sorted order.
     let reg_path = st.scratch("registration");
     let reg = fs::File::create(&reg_path).map_err(|e| Error::host("creating the registration file", e))?;
-    let store_arg = |args: &[&str]| {
-        let mut v = vec![OsString::from("--store"), root.as_os_str().to_owned()];
-        v.extend(args.iter().map(OsString::from));
-        v
-    };
+    let mut args = vec![OsString::from("--dump-db")];
+    args.extend(closure.paths.iter().map(|m| OsString::from(&m.path)));
     run_cmd(
-        cmd::command("nix-store", store_arg(&["--dump-db"])),
+        cmd::command("nix-store", args),
         Run {
             stdout: Out::File(reg),
             ..Run::default()
         },
     )?;
-    let old = st.scratch("copy-db.sqlite");
-    for suffix in ["-wal", "-shm"] {
-        let mut side = db_dir.join("db.sqlite").into_os_string();
-        side.push(suffix);
-        if Path::new(&side).exists() {
-            return Err(Error::HostMsg(format!(
-                "{} is still there after Nix closed the DB",
-                Path::new(&side).display()
-            )));
+    // A fresh DB (without a schema file Nix creates one): `nix copy`'s
+    // own DB, if any, goes.
+    for f in ["db.sqlite", "db.sqlite-wal", "db.sqlite-shm", "schema"] {
+        match fs::remove_file(db_dir.join(f)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::host(format!("removing {f}"), e)),
         }
     }
-    fs::rename(db_dir.join("db.sqlite"), &old).map_err(|e| Error::host("moving the copied DB aside", e))?;
-    // Without a schema file Nix creates a fresh DB; with one it expects it.
-    fs::remove_file(db_dir.join("schema")).map_err(|e| Error::host("removing the DB schema file", e))?;
+    let store_args = |args: &[&str]| {
+        let mut v = vec![OsString::from("--store"), root.as_os_str().to_owned()];
+        v.extend(args.iter().map(OsString::from));
+        v
+    };
     let reg = fs::File::open(&reg_path).map_err(|e| Error::host("reading the registration file", e))?;
     run_cmd(
-        cmd::command("nix-store", store_arg(&["--load-db"])),
+        cmd::command("nix-store", store_args(&["--load-db"])),
         Run {
             stdin: Some(reg),
             ..Run::default()
         },
     )?;
-    let old_str = old
-        .to_str()
-        .ok_or_else(|| Error::HostMsg("staging path is not UTF-8".into()))?;
-    let sql = format!(
-        "ATTACH {old} AS o;\n\
-         UPDATE ValidPaths SET registrationTime = {time},\n\
-           ultimate = (SELECT v.ultimate FROM o.ValidPaths v WHERE v.path = ValidPaths.path),\n\
-           sigs = (SELECT v.sigs FROM o.ValidPaths v WHERE v.path = ValidPaths.path),\n\
-           ca = (SELECT v.ca FROM o.ValidPaths v WHERE v.path = ValidPaths.path);\n\
-         DETACH o;\n",
-        old = sql_string(old_str)
-    );
+    let profile = root.join("nix/var/nix/profiles/system");
+    let mut env_args = store_args(&["-p"]);
+    env_args.extend([profile.into_os_string(), "--set".into(), system.as_os_str().to_owned()]);
+    run_cmd(cmd::command("nix-env", env_args), Run::default())?;
     let sql_path = st.scratch("pin.sql");
-    fs::write(&sql_path, sql).map_err(|e| Error::host("writing the DB script", e))?;
+    fs::write(&sql_path, pin_script(closure, time)).map_err(|e| Error::host("writing the DB script", e))?;
     let sql_in = fs::File::open(&sql_path).map_err(|e| Error::host("reading the DB script", e))?;
     run_cmd(
         cmd::command(
@@ -299,10 +440,12 @@ pub fn rebuild_db(st: &Staging, time: u64, p: &mut Progress) -> Result<(), Error
             ..Run::default()
         },
     )?;
-    for suffix in ["-wal", "-shm", "-journal"] {
-        let mut side = db_dir.join("db.sqlite").into_os_string();
-        side.push(suffix);
-        let _ = fs::remove_file(PathBuf::from(side));
+    for f in ["db.sqlite-wal", "db.sqlite-shm", "db.sqlite-journal"] {
+        if db_dir.join(f).exists() {
+            return Err(Error::HostMsg(format!(
+                "{f} is still there after sqlite3 closed the DB"
+            )));
+        }
     }
     Ok(())
 }
@@ -443,11 +586,68 @@ mod tests {
     fn path_info_both_shapes() {
         let old = br#"[{"path":"/nix/store/b-x","narSize":10},{"path":"/nix/store/a-y","narSize":5}]"#;
         let c = parse_path_info(old).unwrap();
-        assert_eq!(c.paths, ["/nix/store/a-y", "/nix/store/b-x"]);
+        let names: Vec<&str> = c.paths.iter().map(|m| m.path.as_str()).collect();
+        assert_eq!(names, ["/nix/store/a-y", "/nix/store/b-x"]);
         assert_eq!(c.nar_size, 15);
-        let new = br#"{"/nix/store/a-y":{"narSize":7}}"#;
-        assert_eq!(parse_path_info(new).unwrap().nar_size, 7);
+        let new = br#"{"/nix/store/a-y":{"narSize":7,"signatures":["k:s1","k2:s2"],"ca":"fixed:r:sha256:x"}}"#;
+        let c = parse_path_info(new).unwrap();
+        assert_eq!(c.nar_size, 7);
+        assert_eq!(c.paths[0].sigs, ["k:s1", "k2:s2"]);
+        assert_eq!(c.paths[0].ca.as_deref(), Some("fixed:r:sha256:x"));
         assert!(parse_path_info(b"3").is_err());
+        assert!(parse_path_info(br#"[{"path":"/etc/passwd"}]"#).is_err());
+        assert!(parse_path_info(br#"[{"path":"/nix/store/a/../../x"}]"#).is_err());
+    }
+
+    #[test]
+    fn pin_script_pins_times_and_adds_sigs() {
+        let c = parse_path_info(br#"[{"path":"/nix/store/a-x","signatures":["k:it's"]},{"path":"/nix/store/b-y"}]"#)
+            .unwrap();
+        let s = pin_script(&c, 42);
+        assert!(s.contains("UPDATE ValidPaths SET registrationTime = 42;\n"));
+        assert!(s.contains("SET sigs = 'k:it''s', ca = NULL WHERE path = '/nix/store/a-x';"));
+        assert!(!s.contains("b-y"));
+    }
+
+    #[test]
+    fn link_tree_mirrors_modes_times_and_links() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        fs::create_dir_all(src.join("sub")).unwrap();
+        fs::write(src.join("sub/f"), b"data").unwrap();
+        fs::write(src.join("shared"), b"s").unwrap();
+        fs::hard_link(src.join("shared"), d.path().join("other-link")).unwrap();
+        std::os::unix::fs::symlink("sub/f", src.join("l")).unwrap();
+        fs::set_permissions(src.join("sub/f"), fs::Permissions::from_mode(0o444)).unwrap();
+        let one = TimeSpec::new(1, 0);
+        for p in ["sub/f", "sub", "l", ""] {
+            utimensat(
+                nix::fcntl::AT_FDCWD,
+                &src.join(p),
+                &one,
+                &one,
+                UtimensatFlags::NoFollowSymlink,
+            )
+            .unwrap();
+        }
+        fs::set_permissions(src.join("sub"), fs::Permissions::from_mode(0o555)).unwrap();
+        let dst = d.path().join("dst");
+        assert!(link_tree(&src, &dst).is_ok());
+        let f = fs::metadata(dst.join("sub/f")).unwrap();
+        assert_eq!(f.ino(), fs::metadata(src.join("sub/f")).unwrap().ino(), "hard link");
+        let shared = fs::metadata(dst.join("shared")).unwrap();
+        assert_ne!(
+            shared.ino(),
+            fs::metadata(src.join("shared")).unwrap().ino(),
+            "shared files are copied"
+        );
+        let sub = fs::metadata(dst.join("sub")).unwrap();
+        assert_eq!(sub.permissions().mode() & 0o7777, 0o555);
+        assert_eq!(sub.mtime(), 1);
+        assert_eq!(fs::read_link(dst.join("l")).unwrap(), PathBuf::from("sub/f"));
+        assert_eq!(fs::symlink_metadata(dst.join("l")).unwrap().mtime(), 1);
+        remove_tree(&dst).unwrap();
+        remove_tree(&src).unwrap();
     }
 
     #[test]
