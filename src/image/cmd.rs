@@ -133,6 +133,7 @@ pub fn run_cmd(mut cmd: Command, mut opts: Run<'_>) -> Result<Finished, Error> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     let shown = describe(&cmd);
     log::debug!("running: {shown}");
+    let started = std::time::Instant::now();
     cmd.stdin(opts.stdin.take().map_or_else(Stdio::null, Stdio::from));
     let capture = matches!(opts.stdout, Out::Capture);
     match std::mem::replace(&mut opts.stdout, Out::Capture) {
@@ -222,7 +223,7 @@ pub fn run_cmd(mut cmd: Command, mut opts: Run<'_>) -> Result<Finished, Error> {
         }
         return Err(Error::HostMsg(format!("`{shown}` failed (exit {code}): {why}")));
     }
-    log::debug!("`{program}` exited {code}");
+    log::debug!("`{program}` exited {code} after {:.1}s", started.elapsed().as_secs_f64());
     Ok(Finished { stdout, stderr, code })
 }
 

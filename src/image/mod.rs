@@ -442,7 +442,9 @@ pub fn run(o: &Options) -> Result<(), Error> {
     fs::index(tmp.path(), &layout, time, &mut p)?;
     // Before the fsync: whatever of a copied closure is still only in the
     // page cache is then never written to disk.
+    let t = Instant::now();
     drop(staging);
+    log::debug!("removed the staging tree in {:.1}s", t.elapsed().as_secs_f64());
     p.stage("syncing", None);
     tmp.as_file()
         .sync_all()

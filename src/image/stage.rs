@@ -186,27 +186,30 @@ impl Drop for Staging {
     }
 }
 
-/// `rm -rf` that first makes read-only directories (store paths) writable.
+/// `rm -rf` that first makes read-only directories (store paths)
+/// writable. One pass; only directories are stat'ed.
 pub fn remove_tree(path: &Path) -> std::io::Result<()> {
-    fn unlock(p: &Path) -> std::io::Result<()> {
+    fn remove_dir(p: &Path) -> std::io::Result<()> {
         let m = fs::symlink_metadata(p)?;
-        if m.is_dir() {
-            if m.permissions().mode() & 0o700 != 0o700 {
-                fs::set_permissions(p, fs::Permissions::from_mode(0o700))?;
-            }
-            for e in fs::read_dir(p)? {
-                unlock(&e?.path())?;
+        if m.permissions().mode() & 0o700 != 0o700 {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o700))?;
+        }
+        for e in fs::read_dir(p)? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                remove_dir(&e.path())?;
+            } else {
+                fs::remove_file(e.path())?;
             }
         }
-        Ok(())
+        fs::remove_dir(p)
     }
     match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(m) if m.is_dir() => remove_dir(path),
+        Ok(_) => fs::remove_file(path),
     }
-    unlock(path)?;
-    fs::remove_dir_all(path)
 }
 
 /// The extra files the image carries.
