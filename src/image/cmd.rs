@@ -223,7 +223,10 @@ pub fn run_cmd(mut cmd: Command, mut opts: Run<'_>) -> Result<Finished, Error> {
         }
         return Err(Error::HostMsg(format!("`{shown}` failed (exit {code}): {why}")));
     }
-    log::debug!("`{program}` exited {code} after {:.1}s", started.elapsed().as_secs_f64());
+    log::debug!(
+        "`{program}` exited {code} after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(Finished { stdout, stderr, code })
 }
 

@@ -197,7 +197,7 @@ pub fn is_out_of_space(msg: &str) -> bool {
 
 /// Make the filesystem from the staging tree.
 pub fn mkfs(m: &Mkfs<'_>, p: &mut Progress) -> Result<(), Error> {
-    p.stage("mkfs: writing ext4", None);
+    p.stage("mkfs: making ext4 from the staging tree", None);
     let mut e = vec![format!("hash_seed={}", m.hash_seed), "root_owner=0:0".to_owned()];
     if m.layout.offset != 0 {
         e.push(format!("offset={}", m.layout.offset));
@@ -223,25 +223,8 @@ pub fn mkfs(m: &Mkfs<'_>, p: &mut Progress) -> Result<(), Error> {
         ],
     );
     c.env("E2FSPROGS_FAKE_TIME", m.time.to_string());
-    // mke2fs writes everything into the page cache and fsyncs at the end;
-    // flushing as it goes overlaps the disk writes with its CPU work.
-    let flusher = std::fs::File::open(m.image).ok().map(|f| {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let s = std::sync::Arc::clone(&stop);
-        let t = std::thread::spawn(move || {
-            while !s.load(std::sync::atomic::Ordering::SeqCst) {
-                std::thread::sleep(std::time::Duration::from_millis(500));
-                let _ = f.sync_data();
-            }
-        });
-        (stop, t)
-    });
-    let r = run_cmd(c, Run::default());
-    if let Some((stop, t)) = flusher {
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let _ = t.join();
-    }
-    r.map(|_| ())
+    run_cmd(c, Run::default())?;
+    Ok(())
 }
 
 /// Used inodes from `dumpe2fs` output: every inode of every group, minus
@@ -320,7 +303,7 @@ pub fn fixup_script(inodes: &[u64], time: u64) -> String {
 
 /// Set owners and times of every inode (see the module docs).
 pub fn fix_inodes(image: &Path, l: &Layout, time: u64, script_path: &Path, p: &mut Progress) -> Result<(), Error> {
-    p.stage("ownership: setting owners and times", None);
+    p.stage("owners: setting owners and times", None);
     let dev = device(image, l);
     let mut c = cmd::command("dumpe2fs", [dev.clone()]);
     c.env("E2FSPROGS_FAKE_TIME", time.to_string());
@@ -349,7 +332,7 @@ pub fn fix_inodes(image: &Path, l: &Layout, time: u64, script_path: &Path, p: &m
 
 /// Build directory indexes (`e2fsck -fyD`).
 pub fn index(image: &Path, l: &Layout, time: u64, p: &mut Progress) -> Result<(), Error> {
-    p.stage("indexing directories", None);
+    p.stage("indexing: building directory indexes", None);
     let mut c = cmd::command("e2fsck", [OsString::from("-fyD"), device(image, l)]);
     c.env("E2FSCK_TIME", time.to_string())
         .env("E2FSPROGS_FAKE_TIME", time.to_string());

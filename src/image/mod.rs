@@ -4,12 +4,14 @@
 //! Trusted inputs (the user's own store path and files); the host tools do
 //! the heavy lifting and every one of them runs through [`cmd::run_cmd`]:
 //!
-//! 1. [`stage`]: `nix copy` the closure into a chroot store in a staging
-//!    directory next to the output, `nix-env --store … --set` the system
-//!    profile, rebuild the store DB deterministically (`nix-store
-//!    --dump-db`/`--load-db` + one `sqlite3` statement), add
-//!    `/etc/nixos/configuration.nix` and `/root/.nix-channels`, and pin
-//!    modes and times outside the store.
+//! 1. [`stage`]: put the closure into a chroot store in a staging
+//!    directory next to the output — hard links to the host store where
+//!    the kernel allows (no data copied), else `nix copy` — register it
+//!    from the host's own registration (`nix-store --dump-db` →
+//!    `--load-db`, plus one `sqlite3` script for times, signatures and
+//!    content addresses), `nix-env --store … --set` the system profile,
+//!    add `/etc/nixos/configuration.nix` and `/root/.nix-channels`, and
+//!    pin modes and times outside the store.
 //! 2. [`fs`]: a sparse temporary file of `--size`, the partition table
 //!    (mbrman / gptman), `mke2fs -d` into the partition's byte range,
 //!    owners and ctimes set in the filesystem with `debugfs`, directory
@@ -30,6 +32,13 @@
 //! inode's atime and ctime (`debugfs`), mtimes outside the store, the
 //! profile links (whose mtime is the generation's date) and the DB's
 //! `registrationTime`. Store paths keep Nix's mtime 1.
+//!
+//! **Speed.** The closure's data is written once, by mke2fs, into the
+//! image; the staging tree costs a hard link per file (or, as a user on a
+//! host with `fs.protected_hardlinks`, one `nix copy`). `mke2fs -d`
+//! inserts directory entries linearly, so a directory with tens of
+//! thousands of entries costs it seconds of CPU; `e2fsck -fyD` then
+//! indexes them for the guest. See `xen/bench/image-bench.sh`.
 //!
 //! **Cleanup.** The staging tree and the temporary image are guards:
 //! dropped on any error, and SIGINT/SIGTERM/SIGHUP only set a flag that
@@ -442,10 +451,9 @@ pub fn run(o: &Options) -> Result<(), Error> {
     fs::index(tmp.path(), &layout, time, &mut p)?;
     // Before the fsync: whatever of a copied closure is still only in the
     // page cache is then never written to disk.
-    let t = Instant::now();
+    p.stage("cleanup: removing the staging tree", None);
     drop(staging);
-    log::debug!("removed the staging tree in {:.1}s", t.elapsed().as_secs_f64());
-    p.stage("syncing", None);
+    p.stage("sync: writing the image to disk", None);
     tmp.as_file()
         .sync_all()
         .and_then(|()| tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)))

@@ -32,9 +32,10 @@ impl Progress {
         self.stage = what.to_owned();
         self.started = Instant::now();
         if !self.tty {
+            let msg = split(what).1;
             match total {
-                Some(n) => log::info!("{what} ({n})"),
-                None => log::info!("{what}"),
+                Some(n) => log::info!("{msg} ({n} store paths)"),
+                None => log::info!("{msg}"),
             }
             return;
         }
@@ -76,10 +77,18 @@ impl Progress {
     /// End the current stage.
     pub fn finish(&mut self) {
         if let Some(b) = self.bar.take() {
-            b.set_message("done");
-            b.finish();
+            b.finish_and_clear();
+            eprintln!(
+                "nixboot: {}: done ({:.1}s)",
+                split(&self.stage).1,
+                self.started.elapsed().as_secs_f64()
+            );
         } else if !self.tty && !self.stage.is_empty() {
-            log::debug!("{} took {:.1}s", self.stage, self.started.elapsed().as_secs_f64());
+            log::debug!(
+                "{} took {:.1}s",
+                split(&self.stage).1,
+                self.started.elapsed().as_secs_f64()
+            );
         }
         self.stage.clear();
     }
@@ -93,10 +102,15 @@ impl Progress {
     }
 }
 
+/// `"mkfs: making ext4"` → prefix `mkfs`, message `making ext4`.
+fn split(what: &str) -> (&str, &str) {
+    what.split_once(": ").unwrap_or((what, ""))
+}
+
 fn b_prefix(bar: &ProgressBar, what: &str) {
-    let short = what.split_whitespace().next().unwrap_or(what);
-    bar.set_prefix(short.to_owned());
-    bar.set_message(what.to_owned());
+    let (prefix, msg) = split(what);
+    bar.set_prefix(prefix.to_owned());
+    bar.set_message(msg.to_owned());
 }
 
 impl Default for Progress {

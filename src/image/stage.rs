@@ -309,7 +309,7 @@ fn link_closure(root: &Path, closure: &Closure, p: &mut Progress) -> Result<bool
     let dst_store = root.join("nix/store");
     fs::create_dir_all(&dst_store).map_err(|e| Error::host("creating the staging store", e))?;
     p.stage(
-        "linking the closure",
+        "link: linking the closure",
         Some(u64::try_from(closure.paths.len()).unwrap_or(u64::MAX)),
     );
     for m in &closure.paths {
@@ -335,7 +335,7 @@ pub fn populate(st: &Staging, system: &Path, closure: &Closure, p: &mut Progress
         return Ok(Method::Linked);
     }
     p.stage(
-        "copying the closure",
+        "copy: copying the closure",
         Some(u64::try_from(closure.paths.len()).unwrap_or(u64::MAX)),
     );
     let mut on_line = |l: &str| {
@@ -389,7 +389,7 @@ pub fn pin_script(closure: &Closure, time: u64) -> String {
 /// Register the closure in the staging store and make the system profile
 /// (see the module docs, steps 2–4).
 pub fn register(st: &Staging, system: &Path, closure: &Closure, time: u64, p: &mut Progress) -> Result<(), Error> {
-    p.stage("registering the store paths", None);
+    p.stage("register: registering the store paths", None);
     let root = st.root();
     let db_dir = st.db_dir();
     // The host's registration of exactly the closure, in sorted order.
