@@ -47,6 +47,99 @@ pub struct Cli {
 pub enum Command {
     /// List the NixOS generations on a guest disk.
     List(ListArgs),
+    /// Build a bootable disk image from a NixOS system (no root needed).
+    Image(ImageArgs),
+}
+
+/// `nixboot image`.
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    /// The NixOS system: a store path or a link to one (e.g. ./result).
+    #[arg(long, value_name = "PATH")]
+    pub system: PathBuf,
+    /// Disk size (e.g. 10G, 512M); the image file is sparse.
+    #[arg(long, value_name = "SIZE", value_parser = parse_disk_size)]
+    pub size: u64,
+    /// The image to write.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Partition table.
+    #[arg(long, value_enum, default_value = "mbr", value_name = "TABLE")]
+    pub partition_table: crate::image::fs::Table,
+    /// Filesystem label (what fileSystems."/".device = "/dev/disk/by-label/NIXOS" finds).
+    #[arg(long, default_value = "NIXOS", value_name = "LABEL")]
+    pub label: String,
+    /// Copied to /etc/nixos/configuration.nix.
+    #[arg(long, value_name = "FILE")]
+    pub configuration: Option<PathBuf>,
+    /// Channel for /root/.nix-channels: URL and optional name (default
+    /// name "nixos"; default URL the channel of the system's nixos-version).
+    #[arg(long, num_args = 1..=2, value_names = ["URL", "NAME"])]
+    pub channel: Option<Vec<String>>,
+    /// Also write an xl domain config that boots the image with nixboot.
+    #[arg(long, value_name = "FILE")]
+    pub domain_config: Option<PathBuf>,
+    /// Domain name in the config (default: the image's file name stem).
+    #[arg(long, value_name = "N", requires = "domain_config")]
+    pub name: Option<String>,
+    /// Domain memory in MiB.
+    #[arg(long, value_name = "MiB", default_value_t = 1024, requires = "domain_config")]
+    pub memory: u64,
+    /// Domain vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "domain_config")]
+    pub vcpus: u32,
+    /// Replace an existing output image (and domain config).
+    #[arg(long)]
+    pub force: bool,
+    /// More log lines on stderr (-vv shows every command run).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl ImageArgs {
+    /// The builder's options.
+    pub fn options(&self) -> crate::image::Options {
+        crate::image::Options {
+            system: self.system.clone(),
+            size: self.size,
+            output: self.output.clone(),
+            table: self.partition_table,
+            label: self.label.clone(),
+            configuration: self.configuration.clone(),
+            channel: self.channel.as_ref().and_then(|c| {
+                let mut it = c.iter().cloned();
+                it.next().map(|u| (u, it.next()))
+            }),
+            domain_config: self.domain_config.clone(),
+            name: self.name.clone(),
+            memory: self.memory,
+            vcpus: self.vcpus,
+            force: self.force,
+        }
+    }
+}
+
+/// A disk size: bytes or K/M/G/T (binary units).
+fn parse_disk_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_uppercase();
+    let t = t
+        .strip_suffix("IB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(&t)
+        .to_owned();
+    let (num, shift) = match t.chars().last() {
+        Some('K') => (&t[..t.len() - 1], 10),
+        Some('M') => (&t[..t.len() - 1], 20),
+        Some('G') => (&t[..t.len() - 1], 30),
+        Some('T') => (&t[..t.len() - 1], 40),
+        _ => (t.as_str(), 0),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 10G)"))?;
+    let v = n.checked_mul(1u64 << shift).ok_or("size overflows")?;
+    if v < (16 << 20) {
+        return Err("at least 16M".into());
+    }
+    Ok(v)
 }
 
 /// `nixboot list`.
@@ -198,6 +291,10 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             crate::logging::init(1u8.saturating_add(l.verbose));
             crate::app::list(&l)
         }
+        Some(Command::Image(i)) => {
+            crate::logging::init(1u8.saturating_add(i.verbose));
+            crate::image::run(&i.options())
+        }
         None => {
             crate::logging::init(cli.boot.verbosity());
             crate::app::boot(&cli.boot)
@@ -320,6 +417,53 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn image_subcommand() {
+        let c = parse(&[
+            "image",
+            "--system",
+            "./result",
+            "--size",
+            "10G",
+            "--output",
+            "d.img",
+            "--channel",
+            "https://c/x",
+            "x",
+        ])
+        .unwrap();
+        let Some(Command::Image(i)) = c.command else {
+            panic!("not image")
+        };
+        let o = i.options();
+        assert_eq!(o.size, 10 << 30);
+        assert_eq!(o.table, crate::image::fs::Table::Mbr);
+        assert_eq!(o.label, "NIXOS");
+        assert_eq!(o.channel, Some(("https://c/x".into(), Some("x".into()))));
+        let c = parse(&[
+            "image",
+            "--system",
+            "s",
+            "--size",
+            "64M",
+            "-o",
+            "d",
+            "--partition-table",
+            "gpt",
+            "--channel",
+            "u",
+        ])
+        .unwrap();
+        let Some(Command::Image(i)) = c.command else {
+            panic!("not image")
+        };
+        assert_eq!(i.options().channel, Some(("u".into(), None)));
+        assert!(parse(&["image", "--system", "s", "--size", "1M", "-o", "d"]).is_err());
+        assert!(parse(&["image", "--system", "s", "--size", "1G", "-o", "d", "--memory", "5"]).is_err());
+        assert_eq!(parse_disk_size("2T"), Ok(2 << 40));
+        assert_eq!(parse_disk_size("512MiB"), Ok(512 << 20));
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod fixtures;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guestfs;
+pub mod image;
 pub mod ipc;
 pub mod kernel;
 pub mod limits;
