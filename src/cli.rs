@@ -113,10 +113,11 @@ pub struct BootArgs {
     #[arg(long)]
     pub debug: bool,
     /// Seconds the console menu counts down before booting the default
-    /// (0: no menu). The menu appears only on a terminal, without -q,
-    /// --entry or --kernel.
-    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
-    pub timeout: u64,
+    /// (0: no menu). Default: the guest's boot.loader.timeout recorded in
+    /// /nix/var/nix/nixboot.json (at most 60), else 5. The menu appears
+    /// only on a terminal, without -q, --runas, --entry or --kernel.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
     /// Resolve and print what would boot; copy nothing, write no result.
     #[arg(short = 'n', long)]
     pub not_really: bool,
