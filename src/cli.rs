@@ -43,6 +43,17 @@ pub struct Cli {
 pub enum Command {
     /// List the NixOS generations on a guest disk.
     List(ListArgs),
+    /// Write the man pages and shell completions into DIR (for packagers).
+    #[command(hide = true)]
+    GenerateAssets(GenerateAssetsArgs),
+}
+
+/// `nixboot generate-assets` (hidden).
+#[derive(Debug, Args)]
+pub struct GenerateAssetsArgs {
+    /// Output directory: man pages go to DIR/man, completions to
+    /// DIR/completions.
+    pub dir: PathBuf,
 }
 
 /// `nixboot list`.
@@ -179,6 +190,10 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Some(Command::List(l)) => {
             crate::logging::init(1u8.saturating_add(l.verbose));
             crate::app::list(&l)
+        }
+        Some(Command::GenerateAssets(g)) => {
+            crate::logging::init(1);
+            crate::assets::generate(&g.dir)
         }
         None => {
             crate::logging::init(cli.boot.verbosity());
