@@ -156,7 +156,9 @@ pub struct Found {
 /// Find `toplevel` among the profile's generations and their
 /// specialisations (`<generation>/specialisation/<name>`), comparing
 /// resolved guest paths; the current generation first, then newest first.
-/// A generation whose links do not resolve is skipped.
+/// A generation whose links do not resolve is skipped, and each toplevel
+/// is looked at once (at most [`crate::limits::MAX_GENERATIONS`]
+/// generations, [`MAX_SPECIALISATIONS`] specialisations each).
 pub fn locate(fs: &GuestFs, toplevel: &str) -> Result<Option<Found>, NixosError> {
     let want = match fs.resolve(toplevel.as_bytes(), true) {
         Ok(p) => p,
@@ -185,10 +187,15 @@ pub fn locate(fs: &GuestFs, toplevel: &str) -> Result<Option<Found>, NixosError>
             .filter(|l| Some(l.number) != current)
             .map(|l| (link_path(l.number), Some(l.number))),
     );
+    // Generations that share a toplevel are looked at once.
+    let mut seen = std::collections::HashSet::new();
     for (link, number) in candidates {
         let Ok(top) = fs.resolve(link.as_bytes(), true) else {
             continue;
         };
+        if !seen.insert(top.clone()) {
+            continue;
+        }
         if top == want {
             return Ok(Some(Found {
                 number,
