@@ -328,3 +328,71 @@ fn nix_files_parse() {
     }
     eprintln!("parsed {} .nix files", files.len());
 }
+
+/// Run `nixboot --output-format=simple DISK` as libxl does, on a pty
+/// nobody types into (script(1) fed by a FIFO that never ends): what the
+/// console showed, and how long it took.
+fn boot_on_pty(img: &Path) -> (String, std::time::Duration) {
+    let dir = img.parent().unwrap();
+    let fifo = dir.join("console");
+    let log = dir.join("console.log");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let console = std::fs::OpenOptions::new().read(true).write(true).open(&fifo).unwrap();
+    let cmd = format!(
+        "{} --output-format=simple --output-directory={} {}",
+        env!("CARGO_BIN_EXE_nixboot"),
+        dir.display(),
+        img.display()
+    );
+    let start = std::time::Instant::now();
+    let st = Command::new("timeout")
+        .args(["60", "script", "-qec", &cmd])
+        .arg(&log)
+        .env("NIXBOOT_CACHE_DIR", "")
+        .env("TERM", "vt100")
+        .env_remove("RUST_LOG")
+        .stdin(console)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    let took = start.elapsed();
+    let text = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+    assert!(st.success(), "{text}");
+    (text, took)
+}
+
+#[test]
+fn menu_uses_the_guest_timeout_limit_and_default() {
+    if !prerequisites() {
+        return;
+    }
+    if !have("script") || !have("mkfifo") {
+        return skip("no script(1)/mkfifo (util-linux, coreutils)");
+    }
+    // Timeout 1 s, limit 1, default generation 2's specialisation: the menu
+    // shows generation 3 and generation 2 (the default), highlights
+    // 2/debug, counts down from 1 and boots it.
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), Some(&file(G2D, r#","timeout":1,"limit":1"#)));
+    let (text, took) = boot_on_pty(&img);
+    assert!(text.contains("Booting the highlighted entry in 1 s."), "{text}");
+    assert!(!text.contains("in 5 s."), "{text}");
+    assert!(
+        text.contains("> NixOS - Configuration 2 (") && text.contains(") - debug\r"),
+        "{text}"
+    );
+    assert!(text.contains("  NixOS - Configuration 3 ("), "{text}");
+    assert!(
+        !text.contains("Configuration 1 ("),
+        "limit 1 still shows generation 1:\n{text}"
+    );
+    assert!(text.contains(&format!("args init=/{G2D}/init g2-debug")), "{text}");
+    assert!(took < std::time::Duration::from_secs(20), "{took:?}");
+
+    // Timeout 0: no menu at all.
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), Some(&file(G3, r#","timeout":0"#)));
+    let (text, _) = boot_on_pty(&img);
+    assert!(!text.contains("Booting the highlighted entry"), "{text}");
+    assert!(text.contains(&format!("args init=/{G3}/init g3")), "{text}");
+}
