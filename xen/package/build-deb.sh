@@ -12,7 +12,7 @@
 # The package installs /usr/bin/nixboot, the man pages nixboot(1) and
 # nixboot-<subcommand>(1), bash/zsh/fish completions, and under
 # /usr/share/doc/nixboot/ the README, the example domain configuration and
-# restricted-mode setup (examples/) and the NixOS guest/dom0 modules (nix/).
+# restricted-mode setup (examples/) and the NixOS guest module (nix/).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -58,7 +58,9 @@ install -m 0644 "$stage/assets/completions/nixboot.fish" "$pkg/usr/share/fish/ve
 
 install -m 0644 README.md "$doc/README.md"
 install -m 0644 xen/examples/* "$doc/examples/"
-install -m 0644 xen/nix/*.nix xen/nix/install-hook.sh "$doc/nix/"
+# The guest module (copied into guests; package.nix and dom0.nix need the
+# source tree and are not shipped).
+install -m 0644 xen/nix/guest.nix xen/nix/install-hook.sh "$doc/nix/"
 cat > "$doc/copyright" <<COPYRIGHT
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: nixboot
