@@ -10,9 +10,13 @@ use crate::cache::KernelCache;
 use crate::cli::{BootArgs, ListArgs};
 use crate::cmdline;
 use crate::disk::Disk;
-use crate::error::{Error, Fault};
+use crate::error::{Error, EscapedBare, Fault};
 use crate::ipc::{Listed, Listing, Plan, Tag};
-use crate::limits::{DEFAULT_MAX_INITRD, DEFAULT_MAX_KERNEL, MAX_CMDLINE, MAX_GENERATIONS, MAX_LISTING};
+use crate::limits::{
+    DEFAULT_MAX_INITRD, DEFAULT_MAX_KERNEL, MAX_CMDLINE, MAX_GENERATIONS, MAX_GUEST_MENU_TIMEOUT, MAX_LISTING,
+};
+use crate::menu::{self, DEFAULT_TIMEOUT};
+use crate::nixos::installed::GuestTimeout;
 use crate::output::{self, BootResult, OutFile, OutputDir, ResultSink};
 use crate::sandbox::{self, Confinement};
 
@@ -186,6 +190,7 @@ impl sandbox::Frames for BootFrames<'_> {
 /// Receives the frames of a listing: one per generation, within a count
 /// and a byte budget.
 struct ListFrames {
+    head: Option<Listing>,
     generations: Vec<Listed>,
     bytes: usize,
 }
@@ -193,6 +198,15 @@ struct ListFrames {
 impl sandbox::Frames for ListFrames {
     fn frame(&mut self, tag: Tag, data: &[u8]) -> Result<(), Error> {
         match tag {
+            Tag::ListingHead if self.head.is_none() => {
+                let h: Listing = serde_json::from_slice(data)
+                    .map_err(|e| guest(format!("the parser sent a malformed listing ({e})")))?;
+                if !h.generations.is_empty() {
+                    return Err(guest("the parser sent generations in the listing head".into()));
+                }
+                self.head = Some(h);
+                Ok(())
+            }
             Tag::Listing => {
                 self.bytes = self.bytes.saturating_add(data.len());
                 if self.generations.len() > MAX_GENERATIONS || self.bytes > MAX_LISTING {
@@ -231,14 +245,25 @@ pub fn boot(a: &BootArgs) -> Result<(), Error> {
     let disk = open_disk(disk_path)?;
     let cache = KernelCache::from_env();
     let mut cmdline_override = None;
+    // Why this entry, when dom0 decided (else the child says, in the plan).
+    let mut why = None;
     let selection = match (&a.kernel, &a.entry) {
-        (Some(k), _) => Selection::Paths {
-            kernel: k.clone(),
-            ramdisk: a.ramdisk.clone(),
-        },
-        (None, Some(e)) => Selection::Entry(e.clone()),
+        (Some(k), _) => {
+            why = Some("--kernel: the guest files named by the domain config".to_owned());
+            Selection::Paths {
+                kernel: k.clone(),
+                ramdisk: a.ramdisk.clone(),
+            }
+        }
+        (None, Some(e)) => {
+            why = Some(format!("--entry={}", EscapedBare(e.as_bytes())));
+            Selection::Entry(e.clone())
+        }
         (None, None) if wants_menu(a) => {
             let (sel, edited) = menu_choice(&disk, a, &cache)?;
+            if sel != Selection::Default {
+                why = Some("chosen at the console menu".to_owned());
+            }
             cmdline_override = edited;
             sel
         }
@@ -272,12 +297,7 @@ pub fn boot(a: &BootArgs) -> Result<(), Error> {
         plan, kernel, initrd, ..
     } = rx;
     let plan = plan.ok_or_else(|| guest("the parser finished without choosing an entry".into()))?;
-    log::info!("booting {} from {}", plan.label, plan.found_in);
-    log::info!("kernel {} ({} bytes)", plan.kernel, plan.kernel_len);
-    if let Some((p, len)) = &plan.initrd {
-        log::info!("initrd {p} ({len} bytes)");
-    }
-    log::info!("command line: {}", plan.cmdline);
+    log_plan(&plan, &why);
     let (Some(dir), Some(sink), Some(kernel)) = (dir, sink, kernel) else {
         // --not-really: report, copy nothing, write no result.
         let mut o = std::io::stdout().lock();
@@ -309,15 +329,55 @@ pub fn boot(a: &BootArgs) -> Result<(), Error> {
     };
     let bytes = output::render(&result, a.output_format)?;
     sink.write(&bytes)?;
+    match &a.output {
+        Some(p) if p.as_os_str() != "-" => log::info!("result written to {}", p.display()),
+        _ => {}
+    }
     if plan.kernel_verified {
         cache.remember(&plan.kernel_key);
     }
     Ok(())
 }
 
+/// Log what boots and why: the one summary line (shown even with `-q`,
+/// which libxl passes in restricted mode) and the details. Everything the
+/// child sent is guest data: escaped.
+fn log_plan(plan: &Plan, why: &Option<String>) {
+    let e = |s: &str| EscapedBare(s.as_bytes()).to_string();
+    let why = why
+        .clone()
+        .or_else(|| plan.reason.as_deref().map(e))
+        .unwrap_or_else(|| "the default entry".to_owned());
+    log::info!(
+        target: crate::logging::SUMMARY,
+        "booting {} from {}: {why}",
+        e(&plan.label),
+        e(&plan.found_in)
+    );
+    if let Some(t) = &plan.toplevel {
+        log::info!("toplevel {}", e(t));
+    }
+    log::info!("kernel {} ({} bytes)", e(&plan.kernel), plan.kernel_len);
+    if let Some((p, len)) = &plan.initrd {
+        log::info!("initrd {} ({len} bytes)", e(p));
+    }
+    log::info!("command line: {}", e(&plan.cmdline));
+}
+
 fn wants_menu(a: &BootArgs) -> bool {
     use std::io::IsTerminal;
-    !a.quiet && a.runas.is_none() && !a.not_really && a.timeout > 0 && std::io::stdin().is_terminal()
+    !a.quiet && a.runas.is_none() && !a.not_really && a.timeout != Some(0) && std::io::stdin().is_terminal()
+}
+
+/// The menu countdown: `--timeout`, else the guest's `boot.loader.timeout`
+/// (at most [`MAX_GUEST_MENU_TIMEOUT`]), else [`DEFAULT_TIMEOUT`].
+pub fn menu_timeout(explicit: Option<u64>, guest: GuestTimeout) -> u64 {
+    match (explicit, guest) {
+        (Some(t), _) => t,
+        (None, GuestTimeout::Seconds(t)) => t.min(MAX_GUEST_MENU_TIMEOUT),
+        (None, GuestTimeout::WaitForKey) => MAX_GUEST_MENU_TIMEOUT,
+        (None, GuestTimeout::Unset) => DEFAULT_TIMEOUT,
+    }
 }
 
 /// Ask the parse child for every generation.
@@ -335,35 +395,78 @@ fn listing(disk: &Disk, offset: Option<u64>, known_pv: Vec<String>, verbosity: u
     };
     let confinement = Confinement { runas: None, verbosity };
     let mut rx = ListFrames {
+        head: None,
         generations: Vec::new(),
         bytes: 0,
     };
     sandbox::run_child(disk, &request, &confinement, &mut rx)?;
+    let head = rx
+        .head
+        .ok_or_else(|| guest("the parser finished without a listing".into()))?;
     let generations = rx.generations;
-    Ok(Listing { generations })
+    Ok(Listing { generations, ..head })
 }
 
 /// Show the console menu; the selection and any edited command line.
 fn menu_choice(disk: &Disk, a: &BootArgs, cache: &KernelCache) -> Result<(Selection, Option<String>), Error> {
-    use crate::menu::{self, Item};
-    use crate::nixos::select::label;
     let l = listing(disk, a.offset, cache.known(), a.verbosity())?;
+    let timeout = menu_timeout(a.timeout, l.guest_timeout);
+    if timeout == 0 {
+        log::debug!("menu timeout 0 (the guest's boot.loader.timeout): no menu");
+        return Ok((Selection::Default, None));
+    }
+    let (items, selections, default) = menu_items(&l, a.args.as_deref());
+    if items.is_empty() {
+        return Ok((Selection::Default, None));
+    }
+    let choice = menu::run(items, default, std::time::Duration::from_secs(timeout))
+        .map_err(|e| Error::host("running the console menu", e))?;
+    if !choice.interactive {
+        return Ok((Selection::Default, None));
+    }
+    let sel = selections.get(choice.index).cloned().unwrap_or(Selection::Default);
+    Ok((sel, choice.cmdline))
+}
+
+/// The menu: items, what each selects, and the highlighted default. The
+/// default is what a boot without the menu picks: the listing's default
+/// entry (installed default or current generation), or the newest older
+/// bootable generation. The guest's limit keeps the newest N generations
+/// (and always the default's).
+pub fn menu_items(l: &Listing, args: Option<&str>) -> (Vec<menu::Item>, Vec<Selection>, usize) {
+    use crate::nixos::select::label;
     let mut items = Vec::new();
     let mut selections = Vec::new();
-    let (mut current_at, mut default) = (None, None);
+    let (mut anchor_at, mut default) = (None, None);
+    let limit = l
+        .guest_limit
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(usize::MAX)
+        .max(1);
+    let is_default_gen = |g: &Listed| match &l.default {
+        Some(d) => d.number == g.number,
+        None => g.current,
+    };
+    let mut shown = 0usize;
     for g in &l.generations {
         let Some(gen_) = &g.generation else { continue };
+        if shown >= limit && !is_default_gen(g) {
+            continue;
+        }
+        shown = shown.saturating_add(1);
         for e in std::iter::once(&gen_.entry).chain(&gen_.specialisations) {
-            let line = cmdline::build(Some(&e.init), &e.kernel_params, a.args.as_deref());
+            let line = cmdline::build(Some(&e.init), &e.kernel_params, args);
             let is_spec = e.specialisation.is_some();
             let problem = if is_spec { None } else { g.problem.clone() };
             let problem = problem.or_else(|| line.as_ref().err().map(|x| x.to_string()));
-            if g.current && !is_spec {
-                current_at = Some(items.len());
+            let is_anchor = match &l.default {
+                Some(d) => d.number == g.number && d.specialisation == e.specialisation,
+                None => g.current && !is_spec,
+            };
+            if is_anchor {
+                anchor_at = Some(items.len());
             }
-            // The default is what a boot without the menu picks: the current
-            // generation, or the newest older bootable one.
-            if default.is_none() && current_at.is_some() && !is_spec && problem.is_none() {
+            if default.is_none() && anchor_at.is_some() && (is_anchor || !is_spec) && problem.is_none() {
                 default = Some(items.len());
             }
             selections.push(match (g.number, &e.specialisation) {
@@ -371,24 +474,15 @@ fn menu_choice(disk: &Disk, a: &BootArgs, cache: &KernelCache) -> Result<(Select
                 (Some(n), None) => Selection::Entry(n.to_string()),
                 (None, _) => Selection::Default,
             });
-            items.push(Item {
+            items.push(menu::Item {
                 label: label(e, g.mtime),
                 cmdline: line.unwrap_or_default(),
                 problem,
             });
         }
     }
-    if items.is_empty() {
-        return Ok((Selection::Default, None));
-    }
-    let default = default.or(current_at).unwrap_or(0);
-    let choice = menu::run(items, default, std::time::Duration::from_secs(a.timeout))
-        .map_err(|e| Error::host("running the console menu", e))?;
-    if !choice.interactive {
-        return Ok((Selection::Default, None));
-    }
-    let sel = selections.get(choice.index).cloned().unwrap_or(Selection::Default);
-    Ok((sel, choice.cmdline))
+    let default = default.or(anchor_at).unwrap_or(0);
+    (items, selections, default)
 }
 
 /// `nixboot list`.
@@ -408,4 +502,116 @@ pub fn list(l: &ListArgs) -> Result<(), Error> {
     };
     o.write_all(text.as_bytes())
         .map_err(|e| Error::host("writing to stdout", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipc::EntryRef;
+    use crate::nixos::{BootEntry, Generation, Origin};
+
+    fn entry(n: u64, spec: Option<&str>) -> BootEntry {
+        BootEntry {
+            generation: Some(n),
+            specialisation: spec.map(str::to_owned),
+            kernel: "/k".into(),
+            initrd: None,
+            init: format!("/nix/store/g{n}/init"),
+            kernel_params: vec![],
+            toplevel: format!("/nix/store/g{n}"),
+            nixos_version: "25.05".into(),
+            origin: Origin::Bootspec,
+            initrd_secrets: None,
+        }
+    }
+
+    /// Generations 5..=1 (5 current), each with a specialisation `s`;
+    /// `broken` ones not bootable.
+    fn listing(broken: &[u64]) -> Listing {
+        Listing {
+            generations: (1..=5)
+                .rev()
+                .map(|n| Listed {
+                    generation: Some(Generation {
+                        number: Some(n),
+                        mtime: Some(0),
+                        entry: entry(n, None),
+                        specialisations: vec![entry(n, Some("s"))],
+                    }),
+                    number: Some(n),
+                    current: n == 5,
+                    mtime: Some(0),
+                    problem: broken.contains(&n).then(|| "not a Xen PV kernel".into()),
+                })
+                .collect(),
+            default: None,
+            default_reason: None,
+            guest_timeout: GuestTimeout::Unset,
+            guest_limit: None,
+        }
+    }
+
+    fn picked(l: &Listing) -> (usize, Selection) {
+        let (items, sel, d) = menu_items(l, None);
+        assert_eq!(items.len(), sel.len());
+        (items.len(), sel[d].clone())
+    }
+
+    #[test]
+    fn menu_default_follows_the_installed_default() {
+        let mut l = listing(&[]);
+        assert_eq!(picked(&l), (10, Selection::Entry("5".into())));
+        l.default = Some(EntryRef {
+            number: Some(3),
+            specialisation: Some("s".into()),
+        });
+        assert_eq!(picked(&l), (10, Selection::Entry("3/s".into())));
+        l.default = Some(EntryRef {
+            number: Some(4),
+            specialisation: None,
+        });
+        assert_eq!(picked(&l), (10, Selection::Entry("4".into())));
+        // Not bootable: the newest older bootable generation, as a boot
+        // without the menu does.
+        let mut l = listing(&[4, 3]);
+        l.default = Some(EntryRef {
+            number: Some(4),
+            specialisation: None,
+        });
+        assert_eq!(picked(&l), (10, Selection::Entry("2".into())));
+    }
+
+    #[test]
+    fn menu_limit_keeps_the_newest_and_the_default() {
+        let mut l = listing(&[]);
+        l.guest_limit = Some(2);
+        assert_eq!(picked(&l), (4, Selection::Entry("5".into())));
+        l.default = Some(EntryRef {
+            number: Some(1),
+            specialisation: None,
+        });
+        let (items, sel, d) = menu_items(&l, None);
+        assert_eq!(items.len(), 6);
+        assert_eq!(sel[d], Selection::Entry("1".into()));
+        l.guest_limit = Some(0);
+        assert_eq!(
+            menu_items(&l, None).0.len(),
+            4,
+            "a limit of 0 counts as 1, plus the default"
+        );
+    }
+
+    #[test]
+    fn menu_timeout_precedence_and_guest_cap() {
+        assert_eq!(menu_timeout(None, GuestTimeout::Unset), DEFAULT_TIMEOUT);
+        assert_eq!(menu_timeout(None, GuestTimeout::Seconds(3)), 3);
+        assert_eq!(menu_timeout(None, GuestTimeout::Seconds(0)), 0);
+        assert_eq!(
+            menu_timeout(None, GuestTimeout::Seconds(86_400)),
+            MAX_GUEST_MENU_TIMEOUT
+        );
+        assert_eq!(menu_timeout(None, GuestTimeout::WaitForKey), MAX_GUEST_MENU_TIMEOUT);
+        assert_eq!(menu_timeout(Some(0), GuestTimeout::Seconds(9)), 0);
+        assert_eq!(menu_timeout(Some(300), GuestTimeout::Seconds(9)), 300);
+    }
 }

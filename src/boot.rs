@@ -16,8 +16,9 @@ use crate::cmdline;
 use crate::disk::{BlockSource, Window};
 use crate::error::{Error, GuestError, escape};
 use crate::guestfs::{FsError, GuestFs};
-use crate::ipc::{self, Listed, Listing, Plan, Tag};
+use crate::ipc::{self, EntryRef, Listed, Listing, Plan, Tag};
 use crate::kernel;
+use crate::nixos::installed::{self, GuestTimeout, INSTALLED_FILE, Installed};
 use crate::nixos::{self, BootEntry, NixosError, SYSTEM_PROFILE, select};
 use crate::part::{self, Candidate};
 
@@ -232,15 +233,150 @@ fn secrets_warning(entry: &BootEntry) {
     }
 }
 
-/// The default entry, or, if it is not bootable, the newest older
-/// bootable generation (said loudly on the console).
-fn default_or_fallback(fs: &GuestFs, req: &Request) -> Result<(BootEntry, Option<i64>, Checked), Error> {
+/// What a boot without `--entry` starts from, before the bootable check.
+#[derive(Clone, Debug)]
+pub struct DefaultPick {
+    /// The generation holding the entry.
+    pub generation: nixos::Generation,
+    /// The entry: the generation itself or one of its specialisations.
+    pub entry: BootEntry,
+    /// Why it, for the log.
+    pub reason: String,
+}
+
+impl DefaultPick {
+    /// The entry by name.
+    pub fn entry_ref(&self) -> EntryRef {
+        EntryRef {
+            number: self.generation.number,
+            specialisation: self.entry.specialisation.clone(),
+        }
+    }
+}
+
+/// Read the installed-default file; a bad one is logged (at warning level
+/// when `loud`) and ignored.
+pub fn read_installed(fs: &GuestFs, loud: bool) -> Option<Installed> {
+    match installed::read(fs) {
+        Ok(Some(i)) => {
+            log::debug!("{INSTALLED_FILE}: default {}", escape(i.default.as_bytes()));
+            Some(i)
+        }
+        Ok(None) => {
+            log::debug!("no {INSTALLED_FILE} (the guest does not use xen/nix/guest.nix)");
+            None
+        }
+        Err(e) => {
+            let msg = format!("ignoring {INSTALLED_FILE}: {e}; following the system profile");
+            if loud {
+                log::warn!("{msg}");
+            } else {
+                log::debug!("{msg}");
+            }
+            None
+        }
+    }
+}
+
+/// The default entry: the installed default when the guest recorded a
+/// valid one that names a generation of the profile (or a specialisation
+/// of one), else the profile's current generation.
+pub fn pick_default(fs: &GuestFs, installed: Option<&Installed>, loud: bool) -> Result<DefaultPick, Error> {
+    let say = |msg: String| {
+        if loud {
+            log::warn!("{msg}");
+        } else {
+            log::debug!("{msg}");
+        }
+    };
     let g = select::default_generation(fs)?;
-    let first_problem = match bootable(fs, &g.entry.kernel, g.entry.initrd.as_deref(), req) {
-        Ok(c) => return Ok((g.entry, g.mtime, c)),
+    let profile_reason = match g.number {
+        Some(n) => format!("the system profile's current generation ({SYSTEM_PROFILE} -> system-{n}-link)"),
+        None => format!("the system profile ({SYSTEM_PROFILE})"),
+    };
+    let profile = |g: nixos::Generation, reason: String| DefaultPick {
+        entry: g.entry.clone(),
+        generation: g,
+        reason,
+    };
+    let Some(inst) = installed else {
+        return Ok(profile(g, profile_reason));
+    };
+    let from_file = format!("the installed default in {INSTALLED_FILE} (the guest's last switch-to-configuration)");
+    let named = escape(inst.default.as_bytes());
+    // The usual cases: the current generation, or (after
+    // `nixos-rebuild switch --specialisation X`) one of its specialisations.
+    if g.entry.toplevel == inst.default {
+        return Ok(profile(g, from_file));
+    }
+    if let Some(s) = g.specialisations.iter().find(|s| s.toplevel == inst.default) {
+        return Ok(DefaultPick {
+            entry: s.clone(),
+            generation: g,
+            reason: from_file,
+        });
+    }
+    let found = match installed::locate(fs, &inst.default) {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            say(format!(
+                "{INSTALLED_FILE} names {named}, which is neither a generation of the system profile nor a specialisation of one; following the profile"
+            ));
+            return Ok(profile(g, profile_reason));
+        }
+        Err(e) => {
+            say(format!(
+                "cannot look up {INSTALLED_FILE}'s default {named}: {e}; following the profile"
+            ));
+            return Ok(profile(g, profile_reason));
+        }
+    };
+    let generation = match found.number {
+        Some(n) if Some(n) != g.number => match nixos::load_generation(fs, &nixos::link_path(n), Some(n)) {
+            Ok(other) => other,
+            Err(e) => {
+                say(format!(
+                    "{INSTALLED_FILE} names generation {n}, which does not load ({e}); following the profile"
+                ));
+                return Ok(profile(g, profile_reason));
+            }
+        },
+        _ => g.clone(),
+    };
+    let entry = match &found.specialisation {
+        None => Some(generation.entry.clone()),
+        Some(name) => generation
+            .specialisations
+            .iter()
+            .find(|s| s.specialisation.as_deref() == Some(name.as_str()) || s.toplevel == inst.default)
+            .cloned(),
+    };
+    match entry {
+        Some(entry) => Ok(DefaultPick {
+            entry,
+            generation,
+            reason: from_file,
+        }),
+        None => {
+            say(format!(
+                "{INSTALLED_FILE} names {named}, a specialisation that does not load; following the profile"
+            ));
+            Ok(profile(g, profile_reason))
+        }
+    }
+}
+
+/// The default entry, or, if it is not bootable, the newest older
+/// bootable generation (said loudly on the console). Also returns why.
+fn default_or_fallback(fs: &GuestFs, req: &Request) -> Result<(BootEntry, Option<i64>, Checked, String), Error> {
+    let installed = read_installed(fs, true);
+    let pick = pick_default(fs, installed.as_ref(), true)?;
+    let g = &pick.generation;
+    let first_problem = match bootable(fs, &pick.entry.kernel, pick.entry.initrd.as_deref(), req) {
+        Ok(c) => return Ok((pick.entry, g.mtime, c, pick.reason)),
         Err(p) => p,
     };
-    let name = select::label(&g.entry, g.mtime);
+    let name = select::label(&pick.entry, g.mtime);
     log::warn!("*** the default entry {name} is not bootable: {first_problem}");
     let profile = nixos::read_profile(fs)?;
     let older = profile.links.iter().filter(|l| g.number.is_none_or(|n| l.number < n));
@@ -259,7 +395,11 @@ fn default_or_fallback(fs: &GuestFs, req: &Request) -> Result<(BootEntry, Option
                     "*** falling back to {} (the newest older bootable generation)",
                     select::label(&cand.entry, cand.mtime)
                 );
-                return Ok((cand.entry, cand.mtime, c));
+                let reason = format!(
+                    "fallback: the default entry {name} ({}) is not bootable: {first_problem}",
+                    pick.reason
+                );
+                return Ok((cand.entry, cand.mtime, c, reason));
             }
             Err(p) => problems.push(format!("generation {}: {p}", link.number)),
         }
@@ -281,12 +421,12 @@ fn not_bootable(label: &str, why: String) -> Error {
 
 /// Decide what to boot.
 pub fn plan(fs: &GuestFs, found_in: &Candidate, req: &Request) -> Result<Plan, Error> {
-    let (label, kernel, initrd, cmdline, checked) = match &req.selection {
+    let (label, kernel, initrd, cmdline, checked, toplevel, reason) = match &req.selection {
         Selection::Paths { kernel, ramdisk } => {
             let line = cmdline::build(None, &[], req.args.as_deref())?;
             let label = format!("{kernel} (from --kernel)");
             let c = bootable(fs, kernel, ramdisk.as_deref(), req).map_err(|w| not_bootable(&label, w))?;
-            (label, kernel.clone(), ramdisk.clone(), line, c)
+            (label, kernel.clone(), ramdisk.clone(), line, c, None, None)
         }
         Selection::Entry(spec) => {
             let (entry, mtime) = select::select(fs, &select::parse_entry(spec))?;
@@ -294,13 +434,22 @@ pub fn plan(fs: &GuestFs, found_in: &Candidate, req: &Request) -> Result<Plan, E
             let line = cmdline::build(Some(&entry.init), &entry.kernel_params, req.args.as_deref())?;
             let label = select::label(&entry, mtime);
             let c = bootable(fs, &entry.kernel, entry.initrd.as_deref(), req).map_err(|w| not_bootable(&label, w))?;
-            (label, entry.kernel, entry.initrd, line, c)
+            (label, entry.kernel, entry.initrd, line, c, Some(entry.toplevel), None)
         }
         Selection::Default => {
-            let (entry, mtime, c) = default_or_fallback(fs, req)?;
+            let (entry, mtime, c, reason) = default_or_fallback(fs, req)?;
             secrets_warning(&entry);
             let line = cmdline::build(Some(&entry.init), &entry.kernel_params, req.args.as_deref())?;
-            (select::label(&entry, mtime), entry.kernel, entry.initrd, line, c)
+            let label = select::label(&entry, mtime);
+            (
+                label,
+                entry.kernel,
+                entry.initrd,
+                line,
+                c,
+                Some(entry.toplevel),
+                Some(reason),
+            )
         }
     };
     let cmdline = match &req.cmdline_override {
@@ -327,6 +476,8 @@ pub fn plan(fs: &GuestFs, found_in: &Candidate, req: &Request) -> Result<Plan, E
         found_in: found_in.to_string(),
         kernel_key: checked.key,
         kernel_verified: checked.verified_now,
+        toplevel,
+        reason,
     })
 }
 
@@ -416,7 +567,17 @@ pub fn list(fs: &GuestFs, req: &Request) -> Result<Listing, Error> {
             current == Some(link.number),
         ));
     }
-    Ok(Listing { generations })
+    let installed = read_installed(fs, false);
+    let pick = pick_default(fs, installed.as_ref(), false)
+        .map_err(|e| log::debug!("no default entry: {e}"))
+        .ok();
+    Ok(Listing {
+        generations,
+        default: pick.as_ref().map(DefaultPick::entry_ref),
+        default_reason: pick.map(|p| p.reason),
+        guest_timeout: installed.as_ref().map_or(GuestTimeout::Unset, |i| i.timeout),
+        guest_limit: installed.and_then(|i| i.limit),
+    })
 }
 
 /// Run a request against `src`, writing frames to `out`. Errors are
@@ -429,9 +590,12 @@ pub fn run(src: Rc<dyn BlockSource>, req: &Request, out: &mut dyn Write) -> Resu
     let (fs, found_in) = open_system(src, req.offset, &want)?;
     match req.mode {
         Mode::List => {
-            // One frame per generation: a whole listing of thousands of
-            // generations is larger than one frame (`MAX_FRAME`).
-            for g in list(&fs, req)?.generations {
+            // The head, then one frame per generation: a whole listing of
+            // thousands of generations is larger than one frame (`MAX_FRAME`).
+            let mut l = list(&fs, req)?;
+            let generations = std::mem::take(&mut l.generations);
+            ipc::write_json(out, Tag::ListingHead, &l).map_err(|e| Error::host("sending listing", e))?;
+            for g in generations {
                 ipc::write_json(out, Tag::Listing, &g).map_err(|e| Error::host("sending listing", e))?;
             }
         }

@@ -49,6 +49,9 @@ pub enum Command {
     List(ListArgs),
     /// Build a bootable disk image from a NixOS system (no root needed).
     Image(ImageArgs),
+    /// Write the man pages and shell completions into DIR (for packagers).
+    #[command(hide = true)]
+    GenerateAssets(GenerateAssetsArgs),
 }
 
 /// `nixboot image`.
@@ -142,6 +145,14 @@ fn parse_disk_size(s: &str) -> Result<u64, String> {
     Ok(v)
 }
 
+/// `nixboot generate-assets` (hidden).
+#[derive(Debug, Args)]
+pub struct GenerateAssetsArgs {
+    /// Output directory: man pages go to DIR/man, completions to
+    /// DIR/completions.
+    pub dir: PathBuf,
+}
+
 /// `nixboot list`.
 #[derive(Debug, Args)]
 pub struct ListArgs {
@@ -210,10 +221,11 @@ pub struct BootArgs {
     #[arg(long)]
     pub debug: bool,
     /// Seconds the console menu counts down before booting the default
-    /// (0: no menu). The menu appears only on a terminal, without -q,
-    /// --entry or --kernel.
-    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
-    pub timeout: u64,
+    /// (0: no menu). Default: the guest's boot.loader.timeout recorded in
+    /// /nix/var/nix/nixboot.json (at most 60), else 5. The menu appears
+    /// only on a terminal, without -q, --runas, --entry or --kernel.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
     /// Resolve and print what would boot; copy nothing, write no result.
     #[arg(short = 'n', long)]
     pub not_really: bool,
@@ -294,6 +306,10 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Some(Command::Image(i)) => {
             crate::logging::init(1u8.saturating_add(i.verbose));
             crate::image::run(&i.options())
+        }
+        Some(Command::GenerateAssets(g)) => {
+            crate::logging::init(1);
+            crate::assets::generate(&g.dir)
         }
         None => {
             crate::logging::init(cli.boot.verbosity());

@@ -113,6 +113,7 @@ struct FrameChecker {
     /// Payload of a metadata frame.
     payload: Vec<u8>,
     plan: Option<Plan>,
+    listing: Option<Listing>,
     kernel: u64,
     initrd: u64,
     done: bool,
@@ -134,9 +135,19 @@ impl FrameChecker {
             Tag::Listing => {
                 // One frame per generation.
                 let g: crate::ipc::Listed = serde_json::from_slice(&buf).expect("unreadable listing");
-                let l = Listing { generations: vec![g] };
+                let mut l = self
+                    .listing
+                    .clone()
+                    .unwrap_or_else(|| panic!("generation before the listing head"));
+                l.generations = vec![g];
                 let _ = crate::list::table(&l);
                 let _ = crate::list::json(&l);
+            }
+            Tag::ListingHead => {
+                assert!(self.listing.is_none(), "second listing head");
+                let h: Listing = serde_json::from_slice(&buf).expect("unreadable listing head");
+                assert!(h.generations.is_empty());
+                self.listing = Some(h);
             }
             Tag::Failure => panic!("boot::run writes no failure frames"),
             Tag::Done => self.done = true,

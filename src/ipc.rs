@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Fault;
 use crate::limits::MAX_FRAME;
 use crate::nixos::Generation;
+use crate::nixos::installed::GuestTimeout;
 
 /// Frame tags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +26,9 @@ pub enum Tag {
     Initrd,
     /// One [`Listed`] generation (JSON); a listing is a run of these.
     Listing,
+    /// The rest of a [`Listing`], without its generations (JSON); sent
+    /// before them.
+    ListingHead,
     /// [`Failure`] (JSON).
     Failure,
     /// End of a successful run.
@@ -38,6 +42,7 @@ impl Tag {
             Tag::Kernel => b'K',
             Tag::Initrd => b'I',
             Tag::Listing => b'L',
+            Tag::ListingHead => b'H',
             Tag::Failure => b'F',
             Tag::Done => b'D',
         }
@@ -48,6 +53,7 @@ impl Tag {
             b'K' => Tag::Kernel,
             b'I' => Tag::Initrd,
             b'L' => Tag::Listing,
+            b'H' => Tag::ListingHead,
             b'F' => Tag::Failure,
             b'D' => Tag::Done,
             _ => return None,
@@ -75,6 +81,22 @@ pub struct Plan {
     /// Whether the kernel was found to be a Xen PV kernel by decompressing
     /// it in this run.
     pub kernel_verified: bool,
+    /// The entry's toplevel store path (none for `--kernel`).
+    #[serde(default)]
+    pub toplevel: Option<String>,
+    /// Why this entry, for a boot without `--entry`/`--kernel`: the
+    /// profile, the installed default, or a fallback and its cause.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A generation or one of its specialisations, by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryRef {
+    /// The generation number (`None`: the profile points at a store path).
+    pub number: Option<u64>,
+    /// The specialisation.
+    pub specialisation: Option<String>,
 }
 
 /// Every generation, for `list` and the menu.
@@ -82,6 +104,23 @@ pub struct Plan {
 pub struct Listing {
     /// Generations, newest first.
     pub generations: Vec<Listed>,
+    /// What a boot without `--entry` starts from (before the bootable
+    /// check and its fallback), when that could be decided.
+    #[serde(default)]
+    pub default: Option<EntryRef>,
+    /// Why that entry.
+    #[serde(default)]
+    pub default_reason: Option<String>,
+    /// The guest's menu countdown (from the installed-default file).
+    #[serde(default = "unset")]
+    pub guest_timeout: GuestTimeout,
+    /// The guest's limit on generations in the menu.
+    #[serde(default)]
+    pub guest_limit: Option<u64>,
+}
+
+fn unset() -> GuestTimeout {
+    GuestTimeout::Unset
 }
 
 /// One generation in a [`Listing`].

@@ -9,6 +9,7 @@
 //! constant in [`limits`].
 
 pub mod app;
+pub mod assets;
 pub mod boot;
 pub mod cache;
 pub mod cli;

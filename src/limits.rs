@@ -97,3 +97,13 @@ pub const MAX_KERNEL_DECOMPRESSED: u64 = 256 * MIB;
 /// Kernels remembered as PV-bootable in the dom0 cache (positive results
 /// only; see `boot::kernel_key`).
 pub const MAX_KNOWN_KERNELS: usize = 4096;
+
+/// Largest installed-default file (`/nix/var/nix/nixboot.json`, see
+/// `nixos::installed`) read from the guest; the hook writes ~150 bytes.
+pub const MAX_INSTALLED_FILE: u64 = 64 * 1024;
+
+/// Longest menu countdown a guest may ask for (its `boot.loader.timeout`,
+/// `null` included), in seconds: a guest cannot hold `xl create` (or
+/// xendomains starting the next guest) longer than this. `--timeout`
+/// from dom0 is not bound by it.
+pub const MAX_GUEST_MENU_TIMEOUT: u64 = 60;

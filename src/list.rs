@@ -8,7 +8,9 @@ use crate::error::EscapedBare as Escaped;
 use crate::ipc::Listing;
 use crate::nixos::select::{label, rfc3339};
 
-/// The JSON document: `{"generations":[…]}`, newest first.
+/// The JSON document: `{"generations":[…], "default":{…}}`, generations
+/// newest first; `default` is the entry a boot without `--entry` starts
+/// from (before any fallback), with why.
 pub fn json(l: &Listing) -> String {
     let gens: Vec<serde_json::Value> = l
         .generations
@@ -31,7 +33,14 @@ pub fn json(l: &Listing) -> String {
             })
         })
         .collect();
-    let mut s = serde_json::to_string_pretty(&json!({ "generations": gens })).unwrap_or_default();
+    let default = l.default.as_ref().map(|d| {
+        json!({
+            "generation": d.number,
+            "specialisation": d.specialisation,
+            "reason": l.default_reason,
+        })
+    });
+    let mut s = serde_json::to_string_pretty(&json!({ "generations": gens, "default": default })).unwrap_or_default();
     s.push('\n');
     s
 }
@@ -66,6 +75,9 @@ pub fn table(l: &Listing) -> String {
                 Escaped(g.problem.as_deref().unwrap_or("unknown").as_bytes())
             )),
         }
+    }
+    if let Some(r) = &l.default_reason {
+        s.push_str(&format!("default: {}\n", Escaped(r.as_bytes())));
     }
     s
 }

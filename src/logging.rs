@@ -2,9 +2,14 @@
 //!
 //! stderr is libxl's pty, so every line lands on the guest console and in
 //! `/var/log/xen/bootloader.<domid>.log`. Info by default, `-q` for
-//! warnings only, `-v` for debug; `RUST_LOG` overrides both.
+//! warnings and the one [`SUMMARY`] line (which entry boots and why: libxl
+//! passes `--quiet` in restricted mode, and the log must still say it),
+//! `-v` for debug; `RUST_LOG` overrides both.
 
 use std::io::Write;
+
+/// The log target of the one line that says what boots and why.
+pub const SUMMARY: &str = "nixboot::summary";
 
 /// Initialise the logger. `verbosity`: 0 = warnings, 1 = info, 2+ = debug.
 pub fn init(verbosity: u8) {
@@ -15,6 +20,7 @@ pub fn init(verbosity: u8) {
     };
     let mut b = env_logger::Builder::new();
     b.filter_level(level)
+        .filter_module(SUMMARY, level.max(log::LevelFilter::Info))
         .parse_env("RUST_LOG")
         .write_style(env_logger::WriteStyle::Never)
         .format(|f, r| match r.level() {

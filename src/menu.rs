@@ -22,6 +22,11 @@ use nix::sys::termios::{self, SetArg, Termios};
 
 use crate::error::EscapedBare;
 
+/// The countdown when neither `--timeout` nor the guest's installed
+/// default file sets one (GRUB's and NixOS's `boot.loader.timeout`
+/// default).
+pub const DEFAULT_TIMEOUT: u64 = 5;
+
 /// The menu never waits longer than this, whatever the user does.
 pub const HARD_DEADLINE: Duration = Duration::from_secs(600);
 

@@ -8,6 +8,7 @@
 //! callers that need it ([`read_profile`]).
 
 pub mod bootspec;
+pub mod installed;
 pub mod select;
 
 use crate::error::escape;

@@ -31,7 +31,7 @@ fn boots_current_on(layout: Layout) {
         let ran = libxl().run(&img.path);
         let booted = ran.expect_boot();
         booted.assert_entry(&img, img.entry(2), None);
-        let want = format!("nixboot: booting {} from {found}\n", img.entry(2).title());
+        let want = format!("nixboot: booting {} from {found}: ", img.entry(2).title());
         assert!(
             ran.console.contains(&want),
             "{layout:?} {bs:?}: want {want:?}:\n{}",
@@ -306,7 +306,19 @@ fn runas_restricted_mode() {
     };
     let ran = libxl().runas(65534).args("console=hvc0").run(&img.path);
     ran.expect_boot().assert_entry(&img, img.entry(2), Some("console=hvc0"));
-    assert_eq!(ran.console, "", "--quiet printed something");
+    // --quiet: only the one summary line the admin needs in the log.
+    assert_eq!(
+        ran.console.lines().count(),
+        1,
+        "--quiet printed more than the summary: {}",
+        ran.console
+    );
+    assert!(
+        ran.console
+            .starts_with(&format!("nixboot: booting {}", img.entry(2).title())),
+        "{}",
+        ran.console
+    );
 }
 
 /// The checks above rely on the fixture builder: a tree's kernels really

@@ -150,21 +150,32 @@ fn output_formats_to_stdout() {
         (ran, kernel.display().to_string(), ramdisk.display().to_string())
     };
     let (ran, k, r) = run("simple");
-    assert_eq!(
-        ran.console,
-        format!("kernel {k}\nramdisk {r}\nargs {}\n\n", e.cmdline(None))
-    );
+    // The console holds -q's summary line (stderr) and then the result (stdout).
+    let (summary, result) = ran.console.split_once('\n').unwrap();
+    assert!(summary.starts_with("nixboot: booting "), "{summary}");
+    assert_eq!(result, format!("kernel {k}\nramdisk {r}\nargs {}\n\n", e.cmdline(None)));
+    // After -q's one summary line on stderr comes the result on stdout.
+    let result_of = |raw: &[u8]| -> Vec<u8> {
+        let nl = raw.iter().position(|b| *b == b'\n').expect("no summary line");
+        assert!(
+            raw.starts_with(b"nixboot: booting "),
+            "{}",
+            String::from_utf8_lossy(raw)
+        );
+        raw[nl + 1..].to_vec()
+    };
     let (ran, k, r) = run("sxp");
     assert_eq!(
-        ran.console,
+        String::from_utf8(result_of(&ran.raw)).unwrap(),
         format!("linux (kernel '{k}')(ramdisk '{r}')(args '{}')", e.cmdline(None))
     );
     let (ran, k, r) = run("simple0");
+    let raw = result_of(&ran.raw);
     assert_eq!(
-        ran.raw,
+        raw,
         format!("kernel {k}\0ramdisk {r}\0args {}\0\0", e.cmdline(None)).into_bytes()
     );
-    let parsed = parse_libxl_result(&ran.raw);
+    let parsed = parse_libxl_result(&raw);
     assert_eq!(parsed.kernel, Some(k.into_bytes()));
 }
 
@@ -189,7 +200,14 @@ fn libxl_argv_in_every_shape() {
     booted.assert_kernel(&img.guest_bytes(&e.kernel));
     booted.assert_ramdisk(&img.guest_bytes(e.initrd.as_ref().unwrap()));
     assert_eq!(booted.args.as_deref(), Some("-s console=hvc0"));
-    assert_eq!(ran.console, "", "-q printed something");
+    // -q: only the one summary line the admin needs in the log.
+    assert_eq!(
+        ran.console.lines().count(),
+        1,
+        "-q printed more than the summary: {}",
+        ran.console
+    );
+    assert!(ran.console.starts_with("nixboot: booting "), "{}", ran.console);
     // Disk first, options after it.
     let dir = crate::common::tempdir("nixboot-cli.");
     let out = dir.path().join("o");
