@@ -308,15 +308,20 @@ fn link_closure(root: &Path, closure: &Closure, p: &mut Progress) -> Result<bool
     }
     let dst_store = root.join("nix/store");
     fs::create_dir_all(&dst_store).map_err(|e| Error::host("creating the staging store", e))?;
-    p.stage(
-        "link: linking the closure",
-        Some(u64::try_from(closure.paths.len()).unwrap_or(u64::MAX)),
-    );
+    let total = u64::try_from(closure.paths.len()).unwrap_or(u64::MAX);
+    let mut announced = false;
     for m in &closure.paths {
         cmd::check_interrupted()?;
         let name = m.path.strip_prefix("/nix/store/").unwrap_or(&m.path);
         match link_tree(&store.join(name), &dst_store.join(name)) {
-            Ok(()) => p.inc(),
+            Ok(()) => {
+                // Announced once linking is known to work here.
+                if !announced {
+                    p.stage("link: linking the closure", Some(total));
+                    announced = true;
+                }
+                p.inc();
+            }
             Err(LinkError::Fatal(e)) => return Err(e),
             Err(LinkError::Unsupported(why)) => {
                 log::debug!("{why}: copying with nix copy instead");
