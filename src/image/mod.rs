@@ -479,10 +479,14 @@ pub fn run(o: &Options) -> Result<(), Error> {
         p.println(&format!("wrote {}", d.display()));
     }
     p.println(&format!(
-        "wrote {} ({}, {:?} table, ext4 \"{}\", {} store paths) in {:.1}s",
+        "wrote {} ({}, {}, ext4 \"{}\", {} store paths) in {:.1}s",
         output.display(),
         human(o.size),
-        o.table,
+        match o.table {
+            Table::Mbr => "MBR",
+            Table::Gpt => "GPT",
+            Table::None => "no partition table",
+        },
         o.label,
         closure.paths.len(),
         started.elapsed().as_secs_f64()
