@@ -494,9 +494,14 @@ impl GuestFs {
         Ok(buf)
     }
 
-    /// List the directory `path` resolves to (without `.` and `..`), at
-    /// most `MAX_DIR_ENTRIES` entries.
-    pub fn list_dir(&self, path: &[u8]) -> Result<Vec<DirEntry>, FsError> {
+    /// Walk the directory `path` resolves to, calling `each` with the
+    /// resolved directory path, each entry's name (without `.` and `..`)
+    /// and the entry; at most `MAX_DIR_ENTRIES` entries are examined.
+    fn walk_dir(
+        &self,
+        path: &[u8],
+        mut each: impl FnMut(&[u8], Vec<u8>, ext4_view::DirEntry) -> Result<(), FsError>,
+    ) -> Result<(), FsError> {
         let (p, meta) = self.stat(path)?;
         if !meta.is_dir() {
             return Err(FsError::WrongType {
@@ -507,48 +512,6 @@ impl GuestFs {
         }
         let ep = ext4_view::Path::try_from(p.as_slice()).map_err(|_| FsError::PathTooLong(escape(path)))?;
         let rd = self.fs.read_dir(ep).map_err(|e| map_err(&p, e))?;
-        let mut out = Vec::new();
-        let mut seen = 0u32;
-        for ent in rd {
-            seen = seen.saturating_add(1);
-            if seen > MAX_DIR_ENTRIES.saturating_add(2) {
-                return Err(FsError::TooManyEntries(escape(path)));
-            }
-            let ent = ent.map_err(|e| map_err(&p, e))?;
-            let name = ent.file_name().as_ref().to_vec();
-            if name == b"." || name == b".." {
-                continue;
-            }
-            let kind = match ent.file_type() {
-                Ok(t) if t.is_regular_file() => Kind::File,
-                Ok(t) if t.is_dir() => Kind::Dir,
-                Ok(t) if t.is_symlink() => Kind::Symlink,
-                Ok(_) => Kind::Special,
-                Err(e) => return Err(map_err(&p, e)),
-            };
-            out.push(DirEntry { name, kind });
-        }
-        Ok(out)
-    }
-}
-
-impl GuestFs {
-    /// The entries of the directory `path` resolves to for which `keep`
-    /// (given the name) is true, with their own metadata read by inode
-    /// number (no path walk per entry). At most `MAX_DIR_ENTRIES` entries
-    /// are examined.
-    pub fn list_dir_stat(&self, path: &[u8], keep: impl Fn(&[u8]) -> bool) -> Result<Vec<StatEntry>, FsError> {
-        let (p, meta) = self.stat(path)?;
-        if !meta.is_dir() {
-            return Err(FsError::WrongType {
-                path: escape(path),
-                found: Kind::of(&meta).name(),
-                wanted: "directory",
-            });
-        }
-        let ep = ext4_view::Path::try_from(p.as_slice()).map_err(|_| FsError::PathTooLong(escape(path)))?;
-        let rd = self.fs.read_dir(ep).map_err(|e| map_err(&p, e))?;
-        let mut out = Vec::new();
         let mut examined = 0u32;
         for ent in rd {
             examined = examined.saturating_add(1);
@@ -557,11 +520,42 @@ impl GuestFs {
             }
             let ent = ent.map_err(|e| map_err(&p, e))?;
             let name = ent.file_name().as_ref().to_vec();
-            if name == b"." || name == b".." || !keep(&name) {
-                continue;
+            if name != b"." && name != b".." {
+                each(&p, name, ent)?;
             }
-            let meta = ent.metadata().map_err(|e| map_err(&p, e))?;
-            let mut full = p.clone();
+        }
+        Ok(())
+    }
+
+    /// List the directory `path` resolves to (without `.` and `..`), at
+    /// most `MAX_DIR_ENTRIES` entries.
+    pub fn list_dir(&self, path: &[u8]) -> Result<Vec<DirEntry>, FsError> {
+        let mut out = Vec::new();
+        self.walk_dir(path, |p, name, ent| {
+            let kind = match ent.file_type() {
+                Ok(t) if t.is_regular_file() => Kind::File,
+                Ok(t) if t.is_dir() => Kind::Dir,
+                Ok(t) if t.is_symlink() => Kind::Symlink,
+                Ok(_) => Kind::Special,
+                Err(e) => return Err(map_err(p, e)),
+            };
+            out.push(DirEntry { name, kind });
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The entries of the directory `path` resolves to for which `keep`
+    /// (given the name) is true, with their own metadata read by inode
+    /// number (no path walk per entry), which also primes the lstat memo.
+    pub fn list_dir_stat(&self, path: &[u8], keep: impl Fn(&[u8]) -> bool) -> Result<Vec<StatEntry>, FsError> {
+        let mut out = Vec::new();
+        self.walk_dir(path, |p, name, ent| {
+            if !keep(&name) {
+                return Ok(());
+            }
+            let meta = ent.metadata().map_err(|e| map_err(p, e))?;
+            let mut full = p.to_vec();
             if full != b"/" {
                 full.push(b'/');
             }
@@ -571,7 +565,8 @@ impl GuestFs {
                 seen.insert(full, Some(meta.clone()));
             }
             out.push(StatEntry { name, meta });
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 }
