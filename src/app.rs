@@ -416,7 +416,9 @@ fn menu_choice(disk: &Disk, a: &BootArgs, cache: &KernelCache) -> Result<(Select
         return Ok((Selection::Default, None));
     }
     let (items, selections, default) = menu_items(&l, a.args.as_deref());
-    if items.is_empty() {
+    // Nothing to choose from: no menu, and no countdown to wait through
+    // before the error.
+    if items.iter().all(|i| i.problem.is_some()) {
         return Ok((Selection::Default, None));
     }
     let choice = menu::run(items, default, std::time::Duration::from_secs(timeout))

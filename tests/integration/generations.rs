@@ -83,6 +83,11 @@ fn garbage_kernels_and_no_bootable_generation() {
         "is neither a bzImage nor an ELF kernel",
         "generation 1:",
     ]);
+    // With the menu on, nothing bootable means no menu and no countdown.
+    let ran = libxl().menu().run(&img.path);
+    ran.expect_guest_error(&["no bootable generation"]);
+    assert!(!ran.console.contains("NixOS generations"), "{}", ran.console);
+    assert!(ran.elapsed < std::time::Duration::from_secs(4), "{:?}", ran.elapsed);
 }
 
 #[test]
