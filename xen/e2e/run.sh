@@ -130,6 +130,7 @@ timeout --foreground -k 10 "$(left)" qemu-system-x86_64 -accel tcg -cpu qemu64 -
 qemu_pid=$!
 qemu_rc=0
 wait "$qemu_pid" || qemu_rc=$?
+qemu_secs=$(elapsed "$phase_start")
 qemu_pid=
 wait "$log_pid" || true
 log_pid=
@@ -246,7 +247,7 @@ say "timings (host wall clock, $(nproc) CPUs, load average now $(cut -d' ' -f1-3
 for p in "${phases[@]}"; do echo "  $p"; done
 printf '  %-34s %7ss\n' "QEMU start -> dom0 /init" "$(span 0 "$(at DOM0-INIT-START)")"
 printf '  %-34s %7ss\n' "dom0 /init -> toolstack ready" "$(span "$(at DOM0-INIT-START)" "$(at DOM0-TOOLSTACK-READY)")"
-printf '  %-34s %7ss\n' "last scenario -> QEMU exit" "$(span "$(at DOM0-DONE)" "$(tail -1 "$log" | sed 's/^\[ *\([0-9.]*\)\].*/\1/')")"
+printf '  %-34s %7ss\n' "dom0 done -> QEMU exit" "$(span "$(at DOM0-DONE)" "$qemu_secs")"
 # per scenario: all of it; xl create; the bootloader inside it (exec -> exit); guest boot
 # (xl create done -> the guest's first report line); guest poweroff -> domain torn down
 printf '  %-12s %7s %10s %10s %10s %9s\n' scenario total "xl create" bootloader "guest boot" teardown
