@@ -118,6 +118,7 @@ xen_cmdline="$xen_cmdline loglvl=all guest_loglvl=all noreboot"
 only=${E2E_ONLY:+e2e.only=$(echo "$E2E_ONLY" | tr ',' ':')}
 dom0_cmdline="console=hvc0 earlyprintk=xen $only"
 log=$W/serial.log
+rm -f "$W/serial.fifo"
 mkfifo "$W/serial.fifo"
 python3 "$here/serial-log.py" "$log" ${E2E_VERBOSE:+all} < "$W/serial.fifo" &
 log_pid=$!
@@ -134,6 +135,7 @@ qemu_secs=$(elapsed "$phase_start")
 qemu_pid=
 wait "$log_pid" || true
 log_pid=
+rm -f "$W/serial.fifo"
 end "QEMU run (all scenarios)"
 case $qemu_rc in
   3) say "QEMU exited as dom0 asked (isa-debug-exit)" ;;
