@@ -83,7 +83,7 @@ image() {
   rm -f "$2"
   truncate -s $(((kib + 1024) * 1024)) "$2"
   printf 'label: dos\nstart=2048, type=83, bootable\n' | sfdisk -q "$2"
-  mke2fs -q -t ext4 -L nixos -E offset=1048576 -d "$1" "$2" "${kib}k"
+  mke2fs -q -t ext4 -b 4096 -L nixos -E offset=1048576 -d "$1" "$2" "${kib}k"
 }
 
 make_initrd 1 "$work/initrd-1"

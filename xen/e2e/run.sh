@@ -102,12 +102,23 @@ end "build dom0 initramfs"
 begin "QEMU: Xen + dom0 + scenarios"
 [ "$(left)" -gt 30 ] || die "no time left for QEMU (E2E_TIMEOUT=$timeout_s)"
 zcat "$XEN_GZ" > "$out/xen" # QEMU's multiboot loader wants the ELF, not xen.gz
+# dom0 kernel: the bzImage's xz payload, unpacked here, saves Xen ~4 s of xz under TCG
+dom0_kernel=$out/vmlinux
+python3 - "$DOM0_KERNEL" "$dom0_kernel" <<'EOF' || dom0_kernel=$DOM0_KERNEL
+import lzma, sys
+data = open(sys.argv[1], "rb").read()
+start = data.find(b"\xfd7zXZ\x00")
+if start < 0:
+    sys.exit("no xz payload in %s, booting it as is" % sys.argv[1])
+open(sys.argv[2], "wb").write(lzma.LZMADecompressor().decompress(data[start:]))
+EOF
 xen_cmdline="dom0_mem=512M,max:512M dom0_max_vcpus=2 bootscrub=0 console=com1 com1=115200,8n1"
 xen_cmdline="$xen_cmdline loglvl=all guest_loglvl=all noreboot"
 # QEMU -initrd separates modules with ',': the dom0 command line must not contain one
 only=${E2E_ONLY:+e2e.only=$(echo "$E2E_ONLY" | tr ',' ':')}
 dom0_cmdline="console=hvc0 earlyprintk=xen $only"
 log=$W/serial.log
+rm -f "$W/serial.fifo"
 mkfifo "$W/serial.fifo"
 python3 "$here/serial-log.py" "$log" ${E2E_VERBOSE:+all} < "$W/serial.fifo" &
 log_pid=$!
@@ -115,14 +126,16 @@ timeout --foreground -k 10 "$(left)" qemu-system-x86_64 -accel tcg -cpu qemu64 -
   -display none -monitor none -serial stdio -no-reboot \
   -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
   -kernel "$out/xen" -append "$xen_cmdline" \
-  -initrd "$DOM0_KERNEL $dom0_cmdline,$out/dom0.cpio.gz" \
+  -initrd "$dom0_kernel $dom0_cmdline,$out/dom0.cpio.gz" \
   < /dev/null > "$W/serial.fifo" 2> "$W/qemu.stderr" &
 qemu_pid=$!
 qemu_rc=0
 wait "$qemu_pid" || qemu_rc=$?
+qemu_secs=$(elapsed "$phase_start")
 qemu_pid=
 wait "$log_pid" || true
 log_pid=
+rm -f "$W/serial.fifo"
 end "QEMU run (all scenarios)"
 case $qemu_rc in
   3) say "QEMU exited as dom0 asked (isa-debug-exit)" ;;
@@ -222,6 +235,7 @@ fi
 
 # 6. report: scenarios, then timings (host seconds since QEMU start, from serial.log)
 at() { sed -n "s/^\[ *\([0-9.]*\)\] @@ \[dom0 [0-9.]*s\] $1.*/\1/p" "$log" | head -1; }
+tag_at() { sed -nE "s/^\[ *([0-9.]+)\] \[$1\] .*($2).*/\1/p" "$log" | head -1; }
 span() { [ -n "$1" ] && [ -n "$2" ] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }' || echo "?"; }
 echo
 say "results:"
@@ -233,14 +247,23 @@ for f in "${fails[@]}"; do say "FAILED check: $f"; done
 echo
 say "timings (host wall clock, $(nproc) CPUs, load average now $(cut -d' ' -f1-3 /proc/loadavg)):"
 for p in "${phases[@]}"; do echo "  $p"; done
-printf '  QEMU start -> dom0 /init              %7ss\n' "$(at DOM0-INIT-START)"
-printf '  dom0 /init -> toolstack ready         %7ss\n' "$(span "$(at DOM0-INIT-START)" "$(at DOM0-TOOLSTACK-READY)")"
+printf '  %-34s %7ss\n' "QEMU start -> dom0 /init" "$(span 0 "$(at DOM0-INIT-START)")"
+printf '  %-34s %7ss\n' "dom0 /init -> toolstack ready" "$(span "$(at DOM0-INIT-START)" "$(at DOM0-TOOLSTACK-READY)")"
+printf '  %-34s %7ss\n' "dom0 done -> QEMU exit" "$(span "$(at DOM0-DONE)" "$qemu_secs")"
+# per scenario: all of it; xl create; the bootloader inside it (exec -> exit); guest boot
+# (xl create done -> the guest's first report line); guest poweroff -> domain torn down
+printf '  %-12s %7s %10s %10s %10s %9s\n' scenario total "xl create" bootloader "guest boot" teardown
 for scn in a b c e1 e2 d f; do
   s=$(at "SCENARIO-START $scn ")
   [ -n "$s" ] || continue
   x=$(at "XL-CREATE-EXIT $scn ")
-  e=$(at "SCENARIO-END $scn")
-  printf '  scenario %-3s total %7ss   (xl create %ss)\n' "$scn" "$(span "$s" "$e")" "$(span "$s" "$x")"
+  g=$(at "GUEST-GONE $scn")
+  bl0=$(tag_at "xl $scn" 'executing bootloader')
+  bl1=$(tag_at "xl $scn" 'bootloader (completed|failed)')
+  up=$(tag_at "guest $scn" 'NIXBOOT-E2E-BOOTED')
+  off=$(tag_at "guest $scn" 'NIXBOOT-E2E-POWEROFF')
+  printf '  %-12s %7s %10s %10s %10s %9s\n' "$scn" "$(span "$s" "$(at "SCENARIO-END $scn")")" \
+    "$(span "$s" "$x")" "$(span "$bl0" "$bl1")" "$(span "$x" "$up")" "$(span "$off" "$g")"
 done
 printf '  %-34s %7ss\n' "whole run" "$(elapsed "$t_start")"
 

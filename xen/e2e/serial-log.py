@@ -15,7 +15,7 @@ import time
 
 INTERESTING = re.compile(
     rb"^(@@ |\[blog |\[guest [^]]*\] NIXBOOT-E2E|"
-    rb"\[xl [^]]*\] .*(bootloader arg:|executing bootloader|libxl: error))"
+    rb"\[xl [^]]*\] .*(bootloader arg:|executing bootloader|bootloader completed|libxl: error))"
 )
 
 
