@@ -12,7 +12,8 @@
 # (resolve the generation, open kernel and initrd, copy nothing).
 #
 # Every command gets libxl's argv: --output=FILE --output-format=simple0
-# --output-directory=DIR [...] DISK (pygrub also -q). Runs start after
+# --output-directory=DIR [...] DISK (pygrub also -q). Warm runs follow one
+# untimed run of the same command; every run starts after
 # sync; cold runs also drop the page cache (needs root). Peak RSS is
 # wait4's ru_maxrss over the process tree (nixboot's parent and parse child
 # are separate processes; the -vv split is printed at the end).
