@@ -7,7 +7,7 @@
 //! never touches the host filesystem, so it also runs in-process on bytes
 //! for tests and fuzzing.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::cmdline;
 use crate::disk::{BlockSource, Window};
 use crate::error::{Error, GuestError, escape};
-use crate::guestfs::{FsError, GuestFs};
+use crate::guestfs::{FsError, GuestFile, GuestFs};
 use crate::ipc::{self, EntryRef, Listed, Listing, Plan, Tag};
 use crate::kernel;
 use crate::nixos::installed::{self, GuestTimeout, INSTALLED_FILE, Installed};
@@ -132,33 +132,17 @@ pub fn kernel_key(fs: &GuestFs, path: &str, len: u64) -> Result<String, FsError>
     h.update(path.as_bytes());
     h.update(len.to_le_bytes());
     let (_, mut f, _) = fs.open_regular(path.as_bytes(), u64::MAX)?;
-    let read = |f: &mut ext4_view::File, n: u64, h: &mut sha2::Sha256| -> Result<(), FsError> {
-        let mut buf = vec![0u8; usize::try_from(n).unwrap_or(0)];
-        let mut got = 0usize;
-        while got < buf.len() {
-            let Some(dst) = buf.get_mut(got..) else { break };
-            match f.read_bytes(dst) {
-                Ok(0) => break,
-                Ok(k) => got = got.saturating_add(k),
-                Err(e) => {
-                    return Err(FsError::Read {
-                        path: escape(path.as_bytes()),
-                        source: e,
-                    });
-                }
-            }
-        }
-        h.update(buf.get(..got).unwrap_or_default());
-        Ok(())
+    let io = |e: std::io::Error| FsError::Io {
+        path: escape(path.as_bytes()),
+        source: e,
     };
-    read(&mut f, len.min(SAMPLE), &mut h)?;
+    let mut buf = Vec::new();
+    (&mut f).take(SAMPLE).read_to_end(&mut buf).map_err(io)?;
     if len > SAMPLE {
-        f.seek_to(len.saturating_sub(SAMPLE)).map_err(|e| FsError::Read {
-            path: escape(path.as_bytes()),
-            source: e,
-        })?;
-        read(&mut f, SAMPLE, &mut h)?;
+        f.seek_to(len.saturating_sub(SAMPLE)).map_err(io)?;
+        f.take(SAMPLE).read_to_end(&mut buf).map_err(io)?;
     }
+    h.update(&buf);
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -197,11 +181,11 @@ pub fn bootable(fs: &GuestFs, kernel: &str, initrd: Option<&str>, req: &Request)
             verified_now: false,
         });
     }
-    let reopen = |off: u64| -> std::io::Result<ext4_view::File> {
+    let reopen = |off: u64| -> std::io::Result<GuestFile<'_>> {
         let (_, mut f, _) = fs
             .open_regular(kernel.as_bytes(), req.max_kernel)
             .map_err(std::io::Error::other)?;
-        f.seek_to(off).map_err(std::io::Error::other)?;
+        f.seek_to(off)?;
         Ok(f)
     };
     match kernel::check(file, kernel_len, reopen) {
@@ -481,41 +465,48 @@ pub fn plan(fs: &GuestFs, found_in: &Candidate, req: &Request) -> Result<Plan, E
     })
 }
 
-/// Stream one guest file as frames of `tag`, exactly `len` bytes.
+/// Send one guest file, exactly `len` bytes: as the disk byte ranges it
+/// occupies (the parent copies them itself), or, where the fast reader
+/// does not map the file, as data frames.
 fn send_file(fs: &GuestFs, path: &str, cap: u64, len: u64, tag: Tag, out: &mut dyn Write) -> Result<(), Error> {
-    let (_, mut f, actual) = fs.open_regular(path.as_bytes(), cap)?;
-    if actual != len {
-        return Err(Error::Guest(GuestError::Fs(FsError::TooLarge {
+    let too_large = |actual: u64| {
+        Error::Guest(GuestError::Fs(FsError::TooLarge {
             path: escape(path.as_bytes()),
             len: actual,
             cap: len,
-        })));
+        }))
+    };
+    let send = |out: &mut dyn Write, payload: &[u8]| {
+        ipc::write_frame(out, tag, payload).map_err(|e| Error::host("sending file data", e))
+    };
+    if let Some((actual, runs)) = fs.data_runs(path.as_bytes(), cap)? {
+        if actual != len {
+            return Err(too_large(actual));
+        }
+        for r in runs {
+            let run = ipc::Run {
+                disk_offset: r.disk_offset,
+                len: r.len,
+            };
+            ipc::write_frame(out, tag.runs(), &run.encode()).map_err(|e| Error::host("sending file data", e))?;
+        }
+        return Ok(());
+    }
+    let (_, mut f, actual) = fs.open_regular(path.as_bytes(), cap)?;
+    if actual != len {
+        return Err(too_large(actual));
     }
     let mut buf = vec![0u8; 1 << 20];
     let mut left = len;
     while left > 0 {
-        let mut filled = 0usize;
-        while filled < buf.len() && u64::try_from(filled).unwrap_or(u64::MAX) < left {
-            let Some(dst) = buf.get_mut(filled..) else { break };
-            let n = f.read_bytes(dst).map_err(|e| FsError::Read {
-                path: escape(path.as_bytes()),
-                source: e,
-            })?;
-            if n == 0 {
-                break;
-            }
-            filled = filled.saturating_add(n);
-        }
-        let take = usize::try_from(left.min(u64::try_from(filled).unwrap_or(0))).unwrap_or(0);
-        if take == 0 {
-            return Err(Error::Guest(GuestError::Fs(FsError::Io {
-                path: escape(path.as_bytes()),
-                source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file ended early"),
-            })));
-        }
-        ipc::write_frame(out, tag, buf.get(..take).unwrap_or_default())
-            .map_err(|e| Error::host("sending file data", e))?;
-        left = left.saturating_sub(u64::try_from(take).unwrap_or(0));
+        let want = usize::try_from(left.min(1 << 20)).unwrap_or(1 << 20);
+        let dst = buf.get_mut(..want).unwrap_or_default();
+        f.read_exact(dst).map_err(|e| FsError::Io {
+            path: escape(path.as_bytes()),
+            source: e,
+        })?;
+        send(out, dst)?;
+        left = left.saturating_sub(u64::try_from(want).unwrap_or(u64::MAX));
     }
     Ok(())
 }

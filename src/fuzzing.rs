@@ -117,6 +117,8 @@ struct FrameChecker {
     kernel: u64,
     initrd: u64,
     done: bool,
+    /// Size of the disk: runs must lie within it.
+    disk_len: u64,
 }
 
 impl FrameChecker {
@@ -152,6 +154,21 @@ impl FrameChecker {
             Tag::Failure => panic!("boot::run writes no failure frames"),
             Tag::Done => self.done = true,
             Tag::Kernel | Tag::Initrd => {}
+            Tag::KernelRun | Tag::InitrdRun => {
+                let r = ipc::Run::decode(&buf).expect("malformed run");
+                if let Some(o) = r.disk_offset {
+                    assert!(
+                        o.checked_add(r.len).is_some_and(|e| e <= self.disk_len),
+                        "run outside the disk"
+                    );
+                }
+                let n = if tag == Tag::KernelRun {
+                    &mut self.kernel
+                } else {
+                    &mut self.initrd
+                };
+                *n = n.saturating_add(r.len);
+            }
         }
     }
 
@@ -226,7 +243,10 @@ impl io::Write for FrameChecker {
 pub fn disk(data: &[u8]) {
     let src: Rc<dyn BlockSource> = Rc::new(data.to_vec());
     for mode in [Mode::Boot, Mode::List] {
-        let mut out = FrameChecker::default();
+        let mut out = FrameChecker {
+            disk_len: src.len(),
+            ..Default::default()
+        };
         match boot::run(src.clone(), &request(mode), &mut out) {
             Ok(()) => out.finish(),
             Err(e) => {

@@ -24,6 +24,10 @@ pub enum Tag {
     Kernel,
     /// A chunk of the initrd.
     Initrd,
+    /// A [`Run`] of the kernel: bytes the parent copies from the disk.
+    KernelRun,
+    /// A [`Run`] of the initrd.
+    InitrdRun,
     /// One [`Listed`] generation (JSON); a listing is a run of these.
     Listing,
     /// The rest of a [`Listing`], without its generations (JSON); sent
@@ -41,6 +45,8 @@ impl Tag {
             Tag::Plan => b'P',
             Tag::Kernel => b'K',
             Tag::Initrd => b'I',
+            Tag::KernelRun => b'k',
+            Tag::InitrdRun => b'i',
             Tag::Listing => b'L',
             Tag::ListingHead => b'H',
             Tag::Failure => b'F',
@@ -52,11 +58,65 @@ impl Tag {
             b'P' => Tag::Plan,
             b'K' => Tag::Kernel,
             b'I' => Tag::Initrd,
+            b'k' => Tag::KernelRun,
+            b'i' => Tag::InitrdRun,
             b'L' => Tag::Listing,
             b'H' => Tag::ListingHead,
             b'F' => Tag::Failure,
             b'D' => Tag::Done,
             _ => return None,
+        })
+    }
+}
+
+impl Tag {
+    /// The run tag for a data tag (itself for anything else).
+    pub fn runs(self) -> Tag {
+        match self {
+            Tag::Kernel => Tag::KernelRun,
+            Tag::Initrd => Tag::InitrdRun,
+            t => t,
+        }
+    }
+    /// The data tag a run tag adds to, if it is one.
+    pub fn data_of_run(self) -> Option<Tag> {
+        match self {
+            Tag::KernelRun => Some(Tag::Kernel),
+            Tag::InitrdRun => Some(Tag::Initrd),
+            _ => None,
+        }
+    }
+}
+
+/// The next `len` bytes of a file are the disk's bytes at `disk_offset`
+/// (absolute), or zeros. 16 bytes on the wire: offset (`u64::MAX` for
+/// zeros) and length, little-endian. The parent checks the range against
+/// the disk: the child can only make it copy bytes of the guest's own disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// Absolute byte offset on the disk, or `None` for zeros.
+    pub disk_offset: Option<u64>,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+impl Run {
+    /// The wire form.
+    pub fn encode(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        let (o, l) = b.split_at_mut(8);
+        o.copy_from_slice(&self.disk_offset.unwrap_or(u64::MAX).to_le_bytes());
+        l.copy_from_slice(&self.len.to_le_bytes());
+        b
+    }
+    /// Parse the wire form; `None` unless exactly 16 bytes.
+    pub fn decode(b: &[u8]) -> Option<Run> {
+        let b: &[u8; 16] = b.try_into().ok()?;
+        let (o, l) = b.split_at(8);
+        let o = u64::from_le_bytes(o.try_into().ok()?);
+        Some(Run {
+            disk_offset: (o != u64::MAX).then_some(o),
+            len: u64::from_le_bytes(l.try_into().ok()?),
         })
     }
 }

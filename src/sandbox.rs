@@ -30,7 +30,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::boot::{self, Request};
-use crate::disk::Disk;
+use crate::disk::{BlockSource, Disk};
 use crate::error::{Error, Fault};
 use crate::ipc::{self, Failure, Tag};
 use crate::limits::{CHILD_ADDRESS_SPACE, CHILD_DEADLINE_SECS};
@@ -207,6 +207,59 @@ fn copy_data(pipe: &mut File, out: &mut File, len: usize, buf: &mut Vec<u8>) -> 
     Ok(())
 }
 
+/// Append `len` bytes of `disk` at `offset` to `out` (or `len` zeros
+/// when `offset` is `None`), after checking the range lies on the disk:
+/// with copy_file_range(2), an in-kernel copy like cp's, or with
+/// pread/write where the kernel cannot (a block device, another
+/// filesystem type).
+fn copy_run(disk: &Disk, offset: Option<u64>, len: u64, out: &mut File, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    use nix::errno::Errno;
+    use std::io::{Error as IoError, ErrorKind, Seek, SeekFrom};
+    use std::os::unix::fs::FileExt;
+    let Some(mut off) = offset else {
+        // A hole: extend the file (it stays sparse).
+        let end = out.seek(SeekFrom::End(0))?;
+        let new = end
+            .checked_add(len)
+            .ok_or_else(|| IoError::new(ErrorKind::InvalidData, "hole too large"))?;
+        out.set_len(new)?;
+        out.seek(SeekFrom::End(0))?;
+        return Ok(());
+    };
+    if off.checked_add(len).is_none_or(|end| end > disk.len()) {
+        return Err(IoError::new(ErrorKind::InvalidData, "a data range outside the disk"));
+    }
+    let mut left = len;
+    let mut in_kernel = true;
+    while left > 0 {
+        let chunk = usize::try_from(left.min(1 << 30)).unwrap_or(1 << 30);
+        if in_kernel {
+            let mut o = i64::try_from(off).map_err(|_| IoError::new(ErrorKind::InvalidData, "offset"))?;
+            match nix::fcntl::copy_file_range(disk.file(), Some(&mut o), &*out, None, chunk) {
+                Ok(0) => return Err(IoError::new(ErrorKind::UnexpectedEof, "the disk ended early")),
+                Ok(n) => {
+                    let n = u64::try_from(n).unwrap_or(u64::MAX);
+                    off = off.saturating_add(n);
+                    left = left.saturating_sub(n);
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP | Errno::EBADF) => {
+                    in_kernel = false;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            buf.resize(chunk.min(1 << 20), 0);
+            disk.file().read_exact_at(buf, off)?;
+            out.write_all(buf)?;
+            let n = u64::try_from(buf.len()).unwrap_or(u64::MAX);
+            off = off.saturating_add(n);
+            left = left.saturating_sub(n);
+        }
+    }
+    Ok(())
+}
+
 /// Run the parse child on `disk` and hand each frame to `frames` until
 /// the child's `Done`. Any failure of the child becomes an [`Error`].
 pub fn run_child(
@@ -281,6 +334,21 @@ pub fn run_child(
         if let Err(e) = ipc::read_payload(&mut pipe, len, &mut buf) {
             outcome = Err(malformed(e));
             break;
+        }
+        if let Some(data_tag) = tag.data_of_run() {
+            let Some(run) = ipc::Run::decode(&buf) else {
+                outcome = Err(malformed(std::io::Error::other("bad run")));
+                break;
+            };
+            let mut copy_buf = Vec::new();
+            let step = frames
+                .data(data_tag, run.len)
+                .and_then(|out| copy_run(disk, run.disk_offset, run.len, out, &mut copy_buf).map_err(malformed));
+            if let Err(e) = step {
+                outcome = Err(e);
+                break;
+            }
+            continue;
         }
         match tag {
             Tag::Done => {

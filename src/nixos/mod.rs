@@ -147,7 +147,7 @@ pub fn read_profile(fs: &GuestFs) -> Result<Profile, NixosError> {
             let number = parse_link_name(&e.name)?;
             Some(GenerationLink {
                 number,
-                mtime: e.meta.modified().seconds(),
+                mtime: e.meta.mtime(),
             })
         })
         .collect();
@@ -230,7 +230,7 @@ fn resolve_str(fs: &GuestFs, path: &str, what: &'static str) -> Result<String, N
 
 /// Load the generation whose toplevel `link` resolves to.
 pub fn load_generation(fs: &GuestFs, link: &str, number: Option<u64>) -> Result<Generation, NixosError> {
-    let mtime = fs.lstat(link.as_bytes()).ok().map(|m| m.modified().seconds());
+    let mtime = fs.lstat(link.as_bytes()).ok().map(|m| m.mtime());
     let toplevel = resolve_str(fs, link, "generation")?;
     let (entry, specs) = load_toplevel(fs, &toplevel, number, None)?;
     let mut specialisations = Vec::new();

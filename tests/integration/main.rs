@@ -16,3 +16,4 @@ mod cli_compat;
 mod common;
 mod generations;
 mod hostile;
+mod readers;

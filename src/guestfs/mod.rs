@@ -1,5 +1,13 @@
-//! The guest's ext4 filesystem, read through ext4-view behind the wrappers
-//! that make it safe on hostile images. Guest data.
+//! The guest's ext4 filesystem. Guest data.
+//!
+//! Two readers sit behind one API ([`GuestFs`]): our own inode-level
+//! reader ([`raw`], the hot path: lookups through per-run directory maps,
+//! file data by extents) for the features a NixOS guest uses, and
+//! ext4-view, the reference reader, loaded only when the filesystem or
+//! one inode uses something the fast reader leaves to it (a journal that
+//! needs replay, inline data, ext2/3 block maps, ...). Both sit behind the
+//! same resolver, caps and error types, and the tests run every fixture
+//! through both.
 //!
 //! This is the only module that uses `ext4_view`. It must not call
 //! `Ext4::read`/`read_to_string` (they allocate the inode's claimed size
@@ -21,7 +29,9 @@
 //!   paths.
 //! * capped reads: [`GuestFs::read_small`] and [`GuestFs::open_regular`]
 //!   check the inode size against a cap before reading, and read through
-//!   `File` + `take`.
+//!   `take`. [`GuestFs::data_runs`] maps a file to disk byte ranges so the
+//!   privileged parent can copy them in the kernel (`copy_file_range`)
+//!   instead of receiving them through a pipe.
 
 #![deny(
     clippy::arithmetic_side_effects,
@@ -36,6 +46,13 @@ use std::error::Error as StdError;
 use std::io::Read;
 
 use ext4_view::{Ext4, Ext4Error, Ext4Read, Metadata};
+
+pub mod raw;
+
+use raw::{Inode, InodeKind, Raw};
+pub use raw::{
+    MAX_CACHED_BLOCK_BYTES, MAX_CACHED_DIR_ENTRIES, MAX_DIR_BYTES, MAX_EXTENT_NODES, MAX_FILE_EXTENTS, RawError,
+};
 
 use crate::disk::Window;
 use crate::error::escape;
@@ -110,6 +127,15 @@ pub enum FsError {
         /// ext4-view's error.
         #[source]
         source: Ext4Error,
+    },
+    /// The fast reader found a structure it refuses.
+    #[error("cannot read {path}: {source}")]
+    Raw {
+        /// The path.
+        path: String,
+        /// The reader's error.
+        #[source]
+        source: RawError,
     },
     /// An I/O error while streaming a file.
     #[error("cannot read {path}: {source}")]
@@ -237,15 +263,18 @@ fn without_recovery(mut sb: Vec<u8>) -> Vec<u8> {
 /// Paths whose metadata is remembered per run (see [`GuestFs::lstat_raw`]).
 pub const MAX_CACHED_PATHS: usize = 200_000;
 
-/// A guest filesystem, read-only.
+/// A guest filesystem, read-only: our own reader ([`raw`]) where it
+/// applies, ext4-view (loaded on first need) for everything else.
 pub struct GuestFs {
-    fs: Ext4,
-    /// Metadata of symlink-free paths already looked up: ext4-view walks a
-    /// path from the root on every call, and resolving one path looks up
-    /// each of its prefixes, so listing thousands of generations would
-    /// otherwise repeat the same directory lookups hundreds of times. The
-    /// image does not change while nixboot reads it.
-    seen: std::cell::RefCell<std::collections::HashMap<Vec<u8>, Option<Metadata>>>,
+    window: Window,
+    sb: Vec<u8>,
+    raw: Option<Raw>,
+    view: std::cell::OnceCell<Option<Ext4>>,
+    /// Metadata of symlink-free paths already looked up: resolving one
+    /// path looks up each of its prefixes, so listing thousands of
+    /// generations would otherwise repeat the same lookups hundreds of
+    /// times. The image does not change while nixboot reads it.
+    seen: std::cell::RefCell<std::collections::HashMap<Vec<u8>, Option<Meta>>>,
 }
 
 /// The kind of a directory entry.
@@ -274,6 +303,14 @@ impl Kind {
             Kind::Special
         }
     }
+    fn of_raw(k: InodeKind) -> Kind {
+        match k {
+            InodeKind::File => Kind::File,
+            InodeKind::Dir => Kind::Dir,
+            InodeKind::Symlink => Kind::Symlink,
+            InodeKind::Special => Kind::Special,
+        }
+    }
     fn name(self) -> &'static str {
         match self {
             Kind::File => "regular file",
@@ -281,6 +318,59 @@ impl Kind {
             Kind::Symlink => "symlink",
             Kind::Special => "device or special file",
         }
+    }
+}
+
+/// Metadata of a guest file (not following a final symlink).
+#[derive(Clone, Debug)]
+pub struct Meta {
+    kind: Kind,
+    len: u64,
+    mtime: i64,
+    /// The inode number, when the fast reader read it.
+    ino: Option<u32>,
+}
+
+impl Meta {
+    fn of_view(m: &Metadata) -> Meta {
+        Meta {
+            kind: Kind::of(m),
+            len: m.len(),
+            mtime: m.modified().seconds(),
+            ino: None,
+        }
+    }
+    fn of_raw(i: &Inode) -> Meta {
+        Meta {
+            kind: Kind::of_raw(i.kind),
+            len: i.size,
+            mtime: i.mtime,
+            ino: Some(i.ino),
+        }
+    }
+    /// What it is.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+    /// Whether it is a symlink.
+    pub fn is_symlink(&self) -> bool {
+        self.kind == Kind::Symlink
+    }
+    /// Whether it is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.kind == Kind::Dir
+    }
+    /// Size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+    /// Whether the size is 0.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Modification time, seconds since the epoch.
+    pub fn mtime(&self) -> i64 {
+        self.mtime
     }
 }
 
@@ -299,7 +389,88 @@ pub struct StatEntry {
     /// The name (raw bytes).
     pub name: Vec<u8>,
     /// The entry's own metadata.
-    pub meta: Metadata,
+    pub meta: Meta,
+}
+
+/// Where a byte range of a file comes from: `len` bytes at absolute disk
+/// offset `disk_offset`, or zeros (a hole or unwritten extent) if `None`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// Absolute byte offset on the disk, or `None` for zeros.
+    pub disk_offset: Option<u64>,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// An open guest file: a capped, seekable reader.
+pub struct GuestFile<'a> {
+    inner: FileInner<'a>,
+}
+
+enum FileInner<'a> {
+    /// A file small enough to live in its inode.
+    Bytes {
+        data: Vec<u8>,
+        pos: usize,
+    },
+    Raw {
+        fs: &'a Raw,
+        extents: Vec<raw::Extent>,
+        size: u64,
+        pos: u64,
+    },
+    View(Box<ext4_view::File>),
+}
+
+impl GuestFile<'_> {
+    /// Move to byte `pos`.
+    pub fn seek_to(&mut self, to: u64) -> std::io::Result<()> {
+        match &mut self.inner {
+            FileInner::Raw { pos, .. } => {
+                *pos = to;
+                Ok(())
+            }
+            FileInner::Bytes { pos, .. } => {
+                *pos = usize::try_from(to).unwrap_or(usize::MAX);
+                Ok(())
+            }
+            FileInner::View(f) => f.seek_to(to).map_err(std::io::Error::other),
+        }
+    }
+}
+
+impl Read for GuestFile<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match &mut self.inner {
+            FileInner::Raw { fs, extents, size, pos } => {
+                let n = fs.read_at(extents, *size, *pos, buf).map_err(std::io::Error::other)?;
+                *pos = pos.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
+                Ok(n)
+            }
+            FileInner::Bytes { data, pos } => {
+                let src = data.get(*pos..).unwrap_or_default();
+                let n = src.len().min(buf.len());
+                buf.get_mut(..n)
+                    .unwrap_or_default()
+                    .copy_from_slice(src.get(..n).unwrap_or_default());
+                *pos = pos.saturating_add(n);
+                Ok(n)
+            }
+            FileInner::View(f) => f.read_bytes(buf).map_err(std::io::Error::other),
+        }
+    }
+}
+
+/// Where a file's bytes are, for the fast reader.
+enum RawData<'a> {
+    Inline(Vec<u8>),
+    Extents(&'a Raw, Vec<raw::Extent>),
+}
+
+/// A directory entry during a walk.
+enum Ent {
+    Raw { ino: u32, file_type: u8 },
+    View(Box<ext4_view::DirEntry>),
 }
 
 fn join(parts: &[Vec<u8>]) -> Vec<u8> {
@@ -318,41 +489,153 @@ fn split(path: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
     path.split(|b| *b == b'/')
 }
 
+/// `/a/b/c` -> (`/a/b`, `c`); `/a` -> (`/`, `a`).
+fn parent_and_name(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|b| *b == b'/') {
+        Some(0) => (b"/", path.get(1..).unwrap_or_default()),
+        Some(i) => (
+            path.get(..i).unwrap_or_default(),
+            path.get(i.saturating_add(1)..).unwrap_or_default(),
+        ),
+        None => (b"/", path),
+    }
+}
+
+fn load_view(window: &Window, sb: &[u8]) -> Result<Ext4, FsError> {
+    match Ext4::load(Box::new(window.clone())) {
+        Ok(fs) => Ok(fs),
+        Err(Ext4Error::Incompatible(e)) if sb_u32(sb, S_FEATURE_INCOMPAT) & INCOMPAT_RECOVER != 0 => {
+            log::warn!("the guest filesystem needs journal recovery ({e}); reading it without the journal");
+            let patched = NoRecovery {
+                inner: window.clone(),
+                sb: without_recovery(sb.to_vec()),
+            };
+            Ext4::load(Box::new(patched)).map_err(FsError::Load)
+        }
+        Err(e) => Err(FsError::Load(e)),
+    }
+}
+
 impl GuestFs {
     /// Check and load the filesystem in `window`.
     pub fn open(window: Window) -> Result<GuestFs, FsError> {
         let mut sb = vec![0u8; 1024];
         window.read_exact_at(1024, &mut sb).map_err(|_| FsError::NotExt4)?;
         precheck_superblock(&sb, window.len())?;
-        match Ext4::load(Box::new(window.clone())) {
-            Ok(fs) => Ok(GuestFs::new(fs)),
-            Err(Ext4Error::Incompatible(e)) if sb_u32(&sb, S_FEATURE_INCOMPAT) & INCOMPAT_RECOVER != 0 => {
-                log::warn!("the guest filesystem needs journal recovery ({e}); reading it without the journal");
-                let patched = NoRecovery {
-                    inner: window,
-                    sb: without_recovery(sb),
-                };
-                Ext4::load(Box::new(patched)).map(GuestFs::new).map_err(FsError::Load)
+        let view = std::cell::OnceCell::new();
+        let raw = match Raw::new(window.clone(), &sb) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                log::debug!("reading the guest filesystem with ext4-view: {e}");
+                // Nothing to fall back from: load it now, and fail now.
+                let _ = view.set(Some(load_view(&window, &sb)?));
+                None
             }
-            Err(e) => Err(FsError::Load(e)),
+        };
+        Ok(GuestFs {
+            window,
+            sb,
+            raw,
+            view,
+            seen: Default::default(),
+        })
+    }
+
+    /// Open the filesystem in `window` with ext4-view alone (the reference
+    /// reader): for tests that check both readers agree, and for fuzzing.
+    pub fn open_with_ext4_view(window: Window) -> Result<GuestFs, FsError> {
+        let mut sb = vec![0u8; 1024];
+        window.read_exact_at(1024, &mut sb).map_err(|_| FsError::NotExt4)?;
+        precheck_superblock(&sb, window.len())?;
+        let view = std::cell::OnceCell::new();
+        let _ = view.set(Some(load_view(&window, &sb)?));
+        Ok(GuestFs {
+            window,
+            sb,
+            raw: None,
+            view,
+            seen: Default::default(),
+        })
+    }
+
+    /// Which reader serves this filesystem: `"nixboot"` (ours, with
+    /// ext4-view for single inodes it leaves aside) or `"ext4-view"`.
+    pub fn reader(&self) -> &'static str {
+        if self.raw.is_some() { "nixboot" } else { "ext4-view" }
+    }
+
+    /// ext4-view, loaded on first need; `what` says why, for the error
+    /// when it cannot load.
+    fn view(&self, path: &[u8], what: &RawError) -> Result<&Ext4, FsError> {
+        self.view
+            .get_or_init(|| {
+                log::debug!("falling back to ext4-view for {}: {what}", escape(path));
+                load_view(&self.window, &self.sb)
+                    .map_err(|e| log::debug!("ext4-view cannot load the filesystem: {e}"))
+                    .ok()
+            })
+            .as_ref()
+            .ok_or_else(|| FsError::Raw {
+                path: escape(path),
+                source: RawError::Unsupported("this filesystem"),
+            })
+    }
+
+    fn raw_err(path: &[u8], e: RawError) -> FsError {
+        match e {
+            RawError::TooManyEntries => FsError::TooManyEntries(escape(path)),
+            e => FsError::Raw {
+                path: escape(path),
+                source: e,
+            },
         }
     }
 
-    fn new(fs: Ext4) -> GuestFs {
-        GuestFs {
-            fs,
-            seen: Default::default(),
+    /// `lstat` of a symlink-free absolute path with the fast reader.
+    fn raw_lstat(&self, raw: &Raw, path: &[u8]) -> Result<Meta, RawOrFs> {
+        if path == b"/" {
+            return Ok(Meta::of_raw(&raw.inode(raw::ROOT_INO)?));
+        }
+        let (parent, name) = parent_and_name(path);
+        let dir = self.lstat_raw(parent).map_err(RawOrFs::Fs)?;
+        let Some(ino) = dir.ino else {
+            return Err(RawOrFs::Raw(RawError::Unsupported("a directory read by ext4-view")));
+        };
+        if !dir.is_dir() {
+            return Err(RawOrFs::Fs(FsError::WrongType {
+                path: escape(path),
+                found: "non-directory",
+                wanted: "directory",
+            }));
+        }
+        let dir = raw.inode(ino)?;
+        match raw.lookup(&dir, name)? {
+            Some(ino) => Ok(Meta::of_raw(&raw.inode(ino)?)),
+            None => Err(RawOrFs::Fs(FsError::NotFound(escape(path)))),
         }
     }
 
     /// `lstat` of a symlink-free absolute path, remembered (hits and
     /// misses) for the rest of the run.
-    fn lstat_raw(&self, path: &[u8]) -> Result<Metadata, FsError> {
+    fn lstat_raw(&self, path: &[u8]) -> Result<Meta, FsError> {
         if let Some(hit) = self.seen.borrow().get(path) {
             return hit.clone().ok_or_else(|| FsError::NotFound(escape(path)));
         }
-        let p = ext4_view::Path::try_from(path).map_err(|_| FsError::PathTooLong(escape(path)))?;
-        let res = self.fs.symlink_metadata(p).map_err(|e| map_err(path, e));
+        let view_lstat = |v: &Ext4| -> Result<Meta, FsError> {
+            let p = ext4_view::Path::try_from(path).map_err(|_| FsError::PathTooLong(escape(path)))?;
+            v.symlink_metadata(p)
+                .map(|m| Meta::of_view(&m))
+                .map_err(|e| map_err(path, e))
+        };
+        let res = match &self.raw {
+            Some(raw) => match self.raw_lstat(raw, path) {
+                Ok(m) => Ok(m),
+                Err(RawOrFs::Fs(e)) => Err(e),
+                Err(RawOrFs::Raw(e @ RawError::Unsupported(_))) => view_lstat(self.view(path, &e)?),
+                Err(RawOrFs::Raw(e)) => Err(Self::raw_err(path, e)),
+            },
+            None => view_lstat(self.view(path, &RawError::Unsupported("this filesystem"))?),
+        };
         let remember = match &res {
             Ok(m) => Some(Some(m.clone())),
             Err(FsError::NotFound(_)) => Some(None),
@@ -418,19 +701,29 @@ impl GuestFs {
         Ok(join(&cur))
     }
 
-    fn read_link_checked(&self, here: &[u8], meta: &Metadata) -> Result<Vec<u8>, FsError> {
+    fn read_link_checked(&self, here: &[u8], meta: &Meta) -> Result<Vec<u8>, FsError> {
         let len = meta.len();
         // A slow symlink's target is read into a buffer of its size field:
-        // refuse anything longer than a path before ext4-view sees it.
+        // refuse anything longer than a path before it is read.
         if len == 0 || len >= u64::try_from(MAX_PATH_LEN).unwrap_or(u64::MAX) {
             return Err(FsError::LinkTooLong {
                 path: escape(here),
                 len,
             });
         }
-        let p = ext4_view::Path::try_from(here).map_err(|_| FsError::PathTooLong(escape(here)))?;
-        let t = self.fs.read_link(p).map_err(|e| map_err(here, e))?;
-        Ok(t.as_ref().to_vec())
+        let view_read = |v: &Ext4| -> Result<Vec<u8>, FsError> {
+            let p = ext4_view::Path::try_from(here).map_err(|_| FsError::PathTooLong(escape(here)))?;
+            let t = v.read_link(p).map_err(|e| map_err(here, e))?;
+            Ok(t.as_ref().to_vec())
+        };
+        match (&self.raw, meta.ino) {
+            (Some(raw), Some(ino)) => match raw.inode(ino).and_then(|i| raw.read_link(&i)) {
+                Ok(t) => Ok(t),
+                Err(e @ RawError::Unsupported(_)) => view_read(self.view(here, &e)?),
+                Err(e) => Err(Self::raw_err(here, e)),
+            },
+            _ => view_read(self.view(here, &RawError::Unsupported("a link read by ext4-view"))?),
+        }
     }
 
     /// The target of the symlink at `path` (its parents resolved in the
@@ -445,13 +738,13 @@ impl GuestFs {
     }
 
     /// Metadata of `path` without following a final symlink.
-    pub fn lstat(&self, path: &[u8]) -> Result<Metadata, FsError> {
+    pub fn lstat(&self, path: &[u8]) -> Result<Meta, FsError> {
         let p = self.resolve(path, false)?;
         self.lstat_raw(&p)
     }
 
     /// Metadata of what `path` resolves to, and the resolved path.
-    pub fn stat(&self, path: &[u8]) -> Result<(Vec<u8>, Metadata), FsError> {
+    pub fn stat(&self, path: &[u8]) -> Result<(Vec<u8>, Meta), FsError> {
         let p = self.resolve(path, true)?;
         let m = self.lstat_raw(&p)?;
         Ok((p, m))
@@ -474,13 +767,86 @@ impl GuestFs {
         Ok((p, len))
     }
 
+    /// Where the fast reader finds the (resolved, regular) file's bytes,
+    /// or `Unsupported`.
+    fn raw_data(&self, meta: &Meta) -> Result<RawData<'_>, RawError> {
+        match (&self.raw, meta.ino) {
+            (Some(raw), Some(ino)) => {
+                let inode = raw.inode(ino)?;
+                if let Some(d) = raw.inline_data(&inode)? {
+                    return Ok(RawData::Inline(d));
+                }
+                Ok(RawData::Extents(raw, raw.extents(&inode)?))
+            }
+            _ => Err(RawError::Unsupported("a file read by ext4-view")),
+        }
+    }
+
     /// Open the regular file `path` resolves to, refusing anything over
     /// `cap` bytes. Returns the resolved path, the file and its length.
-    pub fn open_regular(&self, path: &[u8], cap: u64) -> Result<(Vec<u8>, ext4_view::File, u64), FsError> {
-        let (p, len) = self.stat_regular(path, cap)?;
-        let ep = ext4_view::Path::try_from(p.as_slice()).map_err(|_| FsError::PathTooLong(escape(path)))?;
-        let f = self.fs.open(ep).map_err(|e| map_err(&p, e))?;
-        Ok((p, f, len))
+    pub fn open_regular(&self, path: &[u8], cap: u64) -> Result<(Vec<u8>, GuestFile<'_>, u64), FsError> {
+        let (p, meta) = self.stat(path)?;
+        let len = check_regular(path, &meta, cap)?;
+        let inner = match self.raw_data(&meta) {
+            Ok(RawData::Extents(fs, extents)) => FileInner::Raw {
+                fs,
+                extents,
+                size: len,
+                pos: 0,
+            },
+            Ok(RawData::Inline(data)) => FileInner::Bytes { data, pos: 0 },
+            Err(e @ RawError::Unsupported(_)) => {
+                let v = self.view(&p, &e)?;
+                let ep = ext4_view::Path::try_from(p.as_slice()).map_err(|_| FsError::PathTooLong(escape(path)))?;
+                FileInner::View(Box::new(v.open(ep).map_err(|e| map_err(&p, e))?))
+            }
+            Err(e) => return Err(Self::raw_err(&p, e)),
+        };
+        Ok((p, GuestFile { inner }, len))
+    }
+
+    /// Where the bytes of the regular file `path` (at most `cap` bytes)
+    /// lie on the disk, merged into runs that add up to its length; `None`
+    /// when the file is read by ext4-view (its data must then be streamed).
+    pub fn data_runs(&self, path: &[u8], cap: u64) -> Result<Option<(u64, Vec<Run>)>, FsError> {
+        let (p, meta) = self.stat(path)?;
+        let len = check_regular(path, &meta, cap)?;
+        let (raw, extents) = match self.raw_data(&meta) {
+            Ok(RawData::Extents(raw, extents)) => (raw, extents),
+            Ok(RawData::Inline(_)) | Err(RawError::Unsupported(_)) => return Ok(None),
+            Err(e) => return Err(Self::raw_err(&p, e)),
+        };
+        let bs = raw.geometry().block_size;
+        let base = self.window.offset();
+        let mut runs: Vec<Run> = Vec::new();
+        let mut push = |disk_offset: Option<u64>, n: u64| {
+            if n == 0 {
+                return;
+            }
+            if let Some(last) = runs.last_mut() {
+                let follows = match (last.disk_offset, disk_offset) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => a.checked_add(last.len) == Some(b),
+                    _ => false,
+                };
+                if follows {
+                    last.len = last.len.saturating_add(n);
+                    return;
+                }
+            }
+            runs.push(Run { disk_offset, len: n });
+        };
+        let mut pos = 0u64;
+        for e in &extents {
+            let start = e.logical.saturating_mul(bs).min(len);
+            push(None, start.saturating_sub(pos));
+            let end = e.logical.saturating_add(e.len).saturating_mul(bs).min(len);
+            let at = e.physical.saturating_mul(bs).saturating_add(base);
+            push((!e.unwritten).then_some(at), end.saturating_sub(start));
+            pos = end;
+        }
+        push(None, len.saturating_sub(pos));
+        Ok(Some((len, runs)))
     }
 
     /// Read a whole small regular file (at most `cap` bytes).
@@ -500,18 +866,43 @@ impl GuestFs {
     fn walk_dir(
         &self,
         path: &[u8],
-        mut each: impl FnMut(&[u8], Vec<u8>, ext4_view::DirEntry) -> Result<(), FsError>,
+        mut each: impl FnMut(&[u8], Vec<u8>, Ent) -> Result<(), FsError>,
     ) -> Result<(), FsError> {
         let (p, meta) = self.stat(path)?;
         if !meta.is_dir() {
             return Err(FsError::WrongType {
                 path: escape(path),
-                found: Kind::of(&meta).name(),
+                found: meta.kind().name(),
                 wanted: "directory",
             });
         }
+        let mut raw_walk = || -> Result<(), RawOrFs> {
+            let (Some(raw), Some(ino)) = (&self.raw, meta.ino) else {
+                return Err(RawOrFs::Raw(RawError::Unsupported("a directory read by ext4-view")));
+            };
+            let dir = raw.inode(ino)?;
+            // Collect first: `each` may look things up (and so read) again.
+            let mut ents = Vec::new();
+            raw.walk_dir(&dir, |d| {
+                if d.name != b"." && d.name != b".." {
+                    ents.push((d.name.to_vec(), d.ino, d.file_type));
+                }
+                Ok(())
+            })?;
+            for (name, ino, file_type) in ents {
+                each(&p, name, Ent::Raw { ino, file_type }).map_err(RawOrFs::Fs)?;
+            }
+            Ok(())
+        };
+        let e = match raw_walk() {
+            Ok(()) => return Ok(()),
+            Err(RawOrFs::Fs(e)) => return Err(e),
+            Err(RawOrFs::Raw(e @ RawError::Unsupported(_))) => e,
+            Err(RawOrFs::Raw(e)) => return Err(Self::raw_err(&p, e)),
+        };
+        let v = self.view(&p, &e)?;
         let ep = ext4_view::Path::try_from(p.as_slice()).map_err(|_| FsError::PathTooLong(escape(path)))?;
-        let rd = self.fs.read_dir(ep).map_err(|e| map_err(&p, e))?;
+        let rd = v.read_dir(ep).map_err(|e| map_err(&p, e))?;
         let mut examined = 0u32;
         for ent in rd {
             examined = examined.saturating_add(1);
@@ -521,10 +912,22 @@ impl GuestFs {
             let ent = ent.map_err(|e| map_err(&p, e))?;
             let name = ent.file_name().as_ref().to_vec();
             if name != b"." && name != b".." {
-                each(&p, name, ent)?;
+                each(&p, name, Ent::View(Box::new(ent)))?;
             }
         }
         Ok(())
+    }
+
+    /// An entry's own metadata.
+    fn ent_meta(&self, dir: &[u8], ent: &Ent) -> Result<Meta, FsError> {
+        match (ent, &self.raw) {
+            (Ent::Raw { ino, .. }, Some(raw)) => raw
+                .inode(*ino)
+                .map(|i| Meta::of_raw(&i))
+                .map_err(|e| Self::raw_err(dir, e)),
+            (Ent::View(e), _) => e.metadata().map(|m| Meta::of_view(&m)).map_err(|e| map_err(dir, e)),
+            (Ent::Raw { .. }, None) => Err(Self::raw_err(dir, RawError::Unsupported("no fast reader"))),
+        }
     }
 
     /// List the directory `path` resolves to (without `.` and `..`), at
@@ -532,12 +935,19 @@ impl GuestFs {
     pub fn list_dir(&self, path: &[u8]) -> Result<Vec<DirEntry>, FsError> {
         let mut out = Vec::new();
         self.walk_dir(path, |p, name, ent| {
-            let kind = match ent.file_type() {
-                Ok(t) if t.is_regular_file() => Kind::File,
-                Ok(t) if t.is_dir() => Kind::Dir,
-                Ok(t) if t.is_symlink() => Kind::Symlink,
-                Ok(_) => Kind::Special,
-                Err(e) => return Err(map_err(p, e)),
+            let kind = match &ent {
+                Ent::Raw { file_type: 1, .. } => Kind::File,
+                Ent::Raw { file_type: 2, .. } => Kind::Dir,
+                Ent::Raw { file_type: 7, .. } => Kind::Symlink,
+                Ent::Raw { file_type: 3..=6, .. } => Kind::Special,
+                Ent::Raw { .. } => self.ent_meta(p, &ent)?.kind(),
+                Ent::View(e) => match e.file_type() {
+                    Ok(t) if t.is_regular_file() => Kind::File,
+                    Ok(t) if t.is_dir() => Kind::Dir,
+                    Ok(t) if t.is_symlink() => Kind::Symlink,
+                    Ok(_) => Kind::Special,
+                    Err(e) => return Err(map_err(p, e)),
+                },
             };
             out.push(DirEntry { name, kind });
             Ok(())
@@ -554,7 +964,7 @@ impl GuestFs {
             if !keep(&name) {
                 return Ok(());
             }
-            let meta = ent.metadata().map_err(|e| map_err(p, e))?;
+            let meta = self.ent_meta(p, &ent)?;
             let mut full = p.to_vec();
             if full != b"/" {
                 full.push(b'/');
@@ -571,8 +981,20 @@ impl GuestFs {
     }
 }
 
-fn check_regular(path: &[u8], meta: &Metadata, cap: u64) -> Result<u64, FsError> {
-    let kind = Kind::of(meta);
+/// An error of the fast reader, or one already in the caller's terms.
+enum RawOrFs {
+    Raw(RawError),
+    Fs(FsError),
+}
+
+impl From<RawError> for RawOrFs {
+    fn from(e: RawError) -> RawOrFs {
+        RawOrFs::Raw(e)
+    }
+}
+
+fn check_regular(path: &[u8], meta: &Meta, cap: u64) -> Result<u64, FsError> {
+    let kind = meta.kind();
     if kind != Kind::File {
         return Err(FsError::WrongType {
             path: escape(path),
