@@ -363,3 +363,103 @@ pub fn render(data: &[u8]) {
         }
     }
 }
+
+/// Operations [`ext4`] may make on one input.
+pub const FUZZ_EXT4_OPS: u32 = 2000;
+
+/// Both ext4 readers (nixboot's own and ext4-view) on a bare filesystem
+/// image: neither may panic or run away, and wherever both answer the
+/// same question they must give the same answer: a directory's entries
+/// (name, kind, size, mtime), a symlink's target, a file's bytes; the disk
+/// ranges the fast reader gives for a file must hold those bytes.
+///
+/// # Panics
+///
+/// If the readers disagree.
+pub fn ext4(data: &[u8]) {
+    use crate::disk::Window;
+    use crate::guestfs::GuestFs;
+    let src: Rc<dyn BlockSource> = Rc::new(data.to_vec());
+    let Some(w) = Window::new(src.clone(), 0, src.len()) else {
+        return;
+    };
+    let fast = GuestFs::open(w.clone()).ok();
+    let view = GuestFs::open_with_ext4_view(w).ok();
+    let mut budget = FUZZ_EXT4_OPS;
+    ext4_walk(data, fast.as_ref(), view.as_ref(), b"/", 0, &mut budget);
+}
+
+fn ext4_walk(
+    image: &[u8],
+    fast: Option<&crate::guestfs::GuestFs>,
+    view: Option<&crate::guestfs::GuestFs>,
+    dir: &[u8],
+    depth: u32,
+    budget: &mut u32,
+) {
+    use crate::guestfs::Kind;
+    if depth > 8 {
+        return;
+    }
+    let list = |fs: Option<&crate::guestfs::GuestFs>| {
+        fs.and_then(|fs| fs.list_dir_stat(dir, |_| true).ok()).map(|mut v| {
+            v.sort_by(|a, b| a.name.cmp(&b.name));
+            v.into_iter()
+                .map(|e| (e.name, e.meta.kind(), e.meta.len(), e.meta.mtime()))
+                .collect::<Vec<_>>()
+        })
+    };
+    let (a, b) = (list(fast), list(view));
+    if let (Some(a), Some(b)) = (&a, &b) {
+        assert_eq!(a, b, "the readers list {} differently", crate::error::escape(dir));
+    }
+    let Some(entries) = a.or(b) else { return };
+    for (name, kind, _, _) in entries {
+        if *budget == 0 {
+            return;
+        }
+        *budget = budget.saturating_sub(1);
+        let mut p = dir.to_vec();
+        if p != b"/" {
+            p.push(b'/');
+        }
+        p.extend_from_slice(&name);
+        match kind {
+            Kind::Dir => ext4_walk(image, fast, view, &p, depth.saturating_add(1), budget),
+            Kind::Symlink => {
+                let t = |fs: Option<&crate::guestfs::GuestFs>| fs.and_then(|fs| fs.read_link(&p).ok());
+                if let (Some(x), Some(y)) = (t(fast), t(view)) {
+                    assert_eq!(x, y, "the readers see {} differently", crate::error::escape(&p));
+                }
+            }
+            Kind::File => {
+                let r = |fs: Option<&crate::guestfs::GuestFs>| fs.and_then(|fs| fs.read_small(&p, FUZZ_MAX_FILE).ok());
+                let x = r(fast);
+                if let (Some(x), Some(y)) = (&x, r(view)) {
+                    assert!(*x == y, "the readers read {} differently", crate::error::escape(&p));
+                }
+                if let (Some(x), Some(Ok(Some((len, runs))))) = (&x, fast.map(|fs| fs.data_runs(&p, FUZZ_MAX_FILE))) {
+                    assert_eq!(u64::try_from(x.len()).ok(), Some(len));
+                    let mut again = Vec::with_capacity(x.len());
+                    for r in runs {
+                        let n = usize::try_from(r.len).unwrap_or(usize::MAX);
+                        match r.disk_offset {
+                            Some(o) => {
+                                let o = usize::try_from(o).unwrap_or(usize::MAX);
+                                let src = image.get(o..o.saturating_add(n)).expect("a run outside the image");
+                                again.extend_from_slice(src);
+                            }
+                            None => again.resize(again.len().saturating_add(n), 0),
+                        }
+                    }
+                    assert!(
+                        again == *x,
+                        "the runs of {} do not hold its bytes",
+                        crate::error::escape(&p)
+                    );
+                }
+            }
+            Kind::Special => {}
+        }
+    }
+}

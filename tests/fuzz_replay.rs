@@ -12,6 +12,7 @@ type Target = fn(&[u8]);
 const TARGETS: &[(&str, Target)] = &[
     ("partitions", nixboot::fuzzing::partitions),
     ("disk", nixboot::fuzzing::disk),
+    ("ext4", nixboot::fuzzing::ext4),
     ("bootspec", nixboot::fuzzing::bootspec),
     ("cmdline", nixboot::fuzzing::cmdline),
     ("render", nixboot::fuzzing::render),

@@ -47,6 +47,7 @@ use std::io::Read;
 
 use ext4_view::{Ext4, Ext4Error, Ext4Read, Metadata};
 
+pub mod htree;
 pub mod raw;
 
 use raw::{Inode, InodeKind, Raw};
@@ -562,6 +563,11 @@ impl GuestFs {
     /// ext4-view for single inodes it leaves aside) or `"ext4-view"`.
     pub fn reader(&self) -> &'static str {
         if self.raw.is_some() { "nixboot" } else { "ext4-view" }
+    }
+
+    /// How many lookups directory indexes (htrees) answered so far.
+    pub fn indexed_lookups(&self) -> u64 {
+        self.raw.as_ref().map_or(0, Raw::indexed_answers)
     }
 
     /// ext4-view, loaded on first need; `what` says why, for the error

@@ -84,6 +84,7 @@ const INCOMPAT_KNOWN: u32 = INCOMPAT_FILETYPE
     | INCOMPAT_INLINE_DATA;
 const RO_COMPAT_BIGALLOC: u32 = 0x200;
 
+const INDEX_FL: u32 = 0x1000;
 const EXTENTS_FL: u32 = 0x8_0000;
 const INLINE_DATA_FL: u32 = 0x1000_0000;
 const ENCRYPT_FL: u32 = 0x800;
@@ -145,6 +146,10 @@ pub struct Geometry {
     desc_size: u64,
     groups: u64,
     filetype: bool,
+    /// `s_hash_seed` as the kernel reads it (four little-endian words).
+    hash_seed: [u32; 4],
+    /// `EXT2_FLAGS_UNSIGNED_HASH`: directory hashes use unsigned `char`.
+    unsigned_hash: bool,
 }
 
 impl Geometry {
@@ -218,6 +223,8 @@ impl Geometry {
             desc_size,
             groups,
             filetype: incompat & INCOMPAT_FILETYPE != 0,
+            hash_seed: [le32(sb, 0xEC), le32(sb, 0xF0), le32(sb, 0xF4), le32(sb, 0xF8)],
+            unsigned_hash: le32(sb, 0x160) & 0x2 != 0,
         })
     }
 }
@@ -419,7 +426,17 @@ pub struct Raw {
     blocks: RefCell<HashMap<u64, Rc<[u8]>>>,
     dirs: RefCell<HashMap<u32, Rc<DirMap>>>,
     cached_entries: std::cell::Cell<usize>,
+    /// Lookups so far per indexed directory (see [`MAX_INDEXED_LOOKUPS`]).
+    indexed_lookups: RefCell<HashMap<u32, u32>>,
+    /// Lookups the htree answered.
+    indexed_answers: std::cell::Cell<u64>,
 }
+
+/// Lookups in one indexed directory answered through its htree (three
+/// block reads each) before the whole directory is read into a map
+/// instead (one pass, then no reads): a boot looks up a handful of names
+/// in `/nix/store`, a listing of thousands of generations thousands.
+pub const MAX_INDEXED_LOOKUPS: u32 = 64;
 
 impl Raw {
     /// A reader for the filesystem in `window` with superblock `sb`.
@@ -431,7 +448,14 @@ impl Raw {
             blocks: Default::default(),
             dirs: Default::default(),
             cached_entries: Default::default(),
+            indexed_lookups: Default::default(),
+            indexed_answers: Default::default(),
         })
+    }
+
+    /// How many lookups the directory indexes answered so far.
+    pub fn indexed_answers(&self) -> u64 {
+        self.indexed_answers.get()
     }
 
     /// The filesystem geometry.
@@ -724,12 +748,104 @@ impl Raw {
         Ok(())
     }
 
+    /// Logical block `n` of a directory with extents `ext` (`None` in a
+    /// hole).
+    fn dir_block(&self, ext: &[Extent], n: u64) -> Result<Option<Vec<u8>>, RawError> {
+        let i = ext.partition_point(|e| e.logical.saturating_add(e.len) <= n);
+        let Some(e) = ext.get(i).filter(|e| e.logical <= n && !e.unwritten) else {
+            return Ok(None);
+        };
+        let mut b = vec![0u8; usize_of(self.geo.block_size)?];
+        let at = self.block_offset(e.physical.saturating_add(n.saturating_sub(e.logical)))?;
+        self.window.read_exact_at(at, &mut b)?;
+        Ok(Some(b))
+    }
+
+    /// Look `name` up through the directory's htree: `Some(answer)`, or
+    /// `None` when the index cannot be used (unknown hash, odd structure)
+    /// and the caller must read the directory linearly.
+    fn htree_lookup(&self, dir: &Inode, name: &[u8]) -> Result<Option<Option<u32>>, RawError> {
+        use super::htree::{DxNode, HashAlg, dirhash, parse_root};
+        if dir.inline_tail.is_some() || dir.flags & CASEFOLD_FL != 0 {
+            return Ok(None);
+        }
+        let ext = self.extents(dir)?;
+        let Some(root) = self.dir_block(&ext, 0)? else {
+            return Ok(None);
+        };
+        let Some((version, levels, at)) = parse_root(&root) else {
+            return Ok(None);
+        };
+        let Some(alg) = HashAlg::from_version(version, self.geo.unsigned_hash) else {
+            return Ok(None);
+        };
+        let hash = dirhash(alg, self.geo.hash_seed, name);
+        let Some(mut node) = DxNode::parse(&root, at) else {
+            return Ok(None);
+        };
+        for _ in 0..levels {
+            let blk = node.entries.get(node.find(hash)).map_or(0, |e| e.1);
+            let Some(b) = self.dir_block(&ext, u64::from(blk))? else {
+                return Ok(None);
+            };
+            // An index node: an empty entry covering the block, then entries.
+            match DxNode::parse(&b, 8) {
+                Some(n) => node = n,
+                None => return Ok(None),
+            }
+        }
+        let mut i = node.find(hash);
+        // Leaves with the same hash continue in the next leaf (bounded by
+        // the node's entries).
+        while let Some((_, blk)) = node.entries.get(i) {
+            let Some(leaf) = self.dir_block(&ext, u64::from(*blk))? else {
+                return Ok(None);
+            };
+            let mut found = None;
+            parse_dir_block(&leaf, self.geo.filetype, |d| {
+                if found.is_none() && d.name == name {
+                    found = Some(d.ino);
+                }
+                Ok(())
+            })?;
+            if found.is_some() {
+                return Ok(Some(found));
+            }
+            i = i.saturating_add(1);
+            match node.entries.get(i) {
+                Some((h, _)) if h & !1 == hash => {}
+                Some(_) => return Ok(Some(None)),
+                // The run may go on in the next index node: read linearly.
+                None if levels > 0 => return Ok(None),
+                None => return Ok(Some(None)),
+            }
+        }
+        Ok(None)
+    }
+
     /// Look `name` up in directory `dir`: its inode number, if present.
     /// The directory is read once per run and kept as a hash map (within
     /// [`MAX_CACHED_DIR_ENTRIES`] over all directories).
     pub fn lookup(&self, dir: &Inode, name: &[u8]) -> Result<Option<u32>, RawError> {
         if let Some(m) = self.dirs.borrow().get(&dir.ino) {
             return Ok(m.get(name).copied());
+        }
+        if dir.flags & INDEX_FL != 0 {
+            let n = {
+                let mut counts = self.indexed_lookups.borrow_mut();
+                if counts.len() >= MAX_CACHED_DIR_ENTRIES {
+                    counts.clear();
+                }
+                let n = counts.entry(dir.ino).or_insert(0);
+                *n = n.saturating_add(1);
+                *n
+            };
+            if n <= MAX_INDEXED_LOOKUPS
+                && let Some(found) = self.htree_lookup(dir, name)?
+            {
+                self.indexed_answers.set(self.indexed_answers.get().saturating_add(1));
+                return Ok(found);
+            }
         }
         let mut m = DirMap::new();
         self.walk_dir(dir, |d| {

@@ -84,15 +84,18 @@ fs() {
   e2fsck -fyD "$img" > /dev/null 2>&1 || [ $? -le 1 ]
 }
 
-mkdir -p "$out/disk" "$out/partitions" "$out/bootspec" "$out/cmdline" "$out/render"
+mkdir -p "$out/disk" "$out/ext4" "$out/partitions" "$out/bootspec" "$out/cmdline" "$out/render"
 tree "$work/t" 0
 tree "$work/big" 40
 
 # disk: a bare ext4 (metadata_csum, extents, 64bit).
 fs "$out/disk/bare-ext4.img" 128K "$work/t" -t ext4 -O ^has_journal,^resize_inode -N 48
+# ext4 (both readers compared): the bare filesystems of the three disk seeds.
+cp "$out/disk/bare-ext4.img" "$out/ext4/ext4-csum.img"
 # disk: ext2 inside an MBR partition at LBA 8, with an indexed /nix/store.
 d=$out/disk/mbr-ext2.img
 fs "$work/p.img" 128K "$work/big" -t ext2 -O ^resize_inode -N 96 -I 128
+cp "$work/p.img" "$out/ext4/ext2-indexed.img"
 rm -f "$d" && truncate -s 132K "$d"
 printf 'label: dos\nlabel-id: 0x66757a7a\nstart=8, size=256, type=83, bootable\n' | sfdisk -q "$d"
 dd if="$work/p.img" of="$d" bs=512 seek=8 conv=notrunc status=none
@@ -100,6 +103,7 @@ dd if="$work/p.img" of="$d" bs=512 seek=8 conv=notrunc status=none
 # not a filesystem), with the backup GPT at the end.
 d=$out/disk/gpt-ext4.img
 fs "$work/p.img" 128K "$work/t" -t ext4 -O ^has_journal,^resize_inode,^metadata_csum,uninit_bg -N 48
+cp "$work/p.img" "$out/ext4/ext4-nocsum.img"
 rm -f "$d" && truncate -s 168K "$d"
 printf 'label: gpt\nlabel-id: 6E697862-6F6F-7400-0000-66757A7A0003\nfirst-lba: 34\nstart=34, size=6, type=L, uuid=6E697862-6F6F-7400-0000-66757A7A0004\nstart=40, size=256, type=L, uuid=6E697862-6F6F-7400-0000-66757A7A0005\n' |
   sfdisk -q "$d"

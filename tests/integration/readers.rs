@@ -221,3 +221,63 @@ fn a_journal_needing_recovery_is_left_to_ext4_view() {
         .expect_boot()
         .assert_entry(&img, img.entry(2), None);
 }
+
+/// After `e2fsck -fyD` (what `nixboot image` runs) big directories are
+/// htrees. Every name in the 3,000-entry directory is found through the
+/// index (a fresh reader per name, so each is one of its first lookups),
+/// and names that are not there are not found, for each hash algorithm
+/// and with a two-level index (1 KiB blocks).
+#[test]
+fn htree_lookups_find_every_name() {
+    use nixboot::guestfs::FsError;
+    if !crate::common::have(&["e2fsck", "tune2fs"]) {
+        return;
+    }
+    for (bs, alg) in [
+        (BlockSize::K4, "half_md4"),
+        (BlockSize::K1, "half_md4"),
+        (BlockSize::K4, "tea"),
+        (BlockSize::K1, "legacy"),
+    ] {
+        let Some(img) = busy_tree_with(false).image(Layout::Bare, bs) else {
+            return;
+        };
+        for args in [vec!["-E", &format!("hash_alg={alg}")][..].to_vec(), vec![]] {
+            let tool = if args.is_empty() { "e2fsck" } else { "tune2fs" };
+            let mut c = std::process::Command::new(crate::common::tool(tool).unwrap());
+            if args.is_empty() {
+                c.arg("-fyD");
+            } else {
+                c.args(&args);
+            }
+            let st = c
+                .arg(&img.path)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.code().is_some_and(|c| c <= 1), "{tool} {args:?}: {st}");
+        }
+        let names: Vec<_> = fs::read_dir(img.tree.join("nix/store/crowded"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 3000);
+        for n in &names {
+            let fs = GuestFs::open(window(&img)).unwrap();
+            let m = fs.lstat(format!("/nix/store/crowded/{n}").as_bytes()).unwrap();
+            assert_eq!(m.kind(), Kind::File, "{n}");
+            let len = fs::metadata(img.tree.join("nix/store/crowded").join(n)).unwrap().len();
+            assert_eq!(m.len(), len, "{n} ({alg})");
+            let missing = format!("/nix/store/crowded/{n}x");
+            assert!(
+                matches!(fs.lstat(missing.as_bytes()), Err(FsError::NotFound(_))),
+                "{missing} ({alg})"
+            );
+        }
+        // ext4-view does not implement the legacy hash.
+        if alg != "legacy" {
+            assert_eq!(both_agree(&img), "nixboot");
+        }
+    }
+}
