@@ -75,6 +75,12 @@ pub const MAX_GPT_ENTRY_SIZE: u32 = 4096;
 /// Extended boot records followed in one MBR extended chain.
 pub const MAX_EBR_HOPS: u32 = 64;
 
+/// Disk ranges the parse child may announce for the kernel and initrd
+/// together (a file is at most `guestfs::MAX_FILE_EXTENTS` extents, with
+/// holes between them; real ones have a few). 24 bytes each as they wait
+/// in the parent.
+pub const MAX_RUNS: usize = 1 << 18;
+
 /// Largest frame the parse child may send to the parent (metadata; file
 /// data is sent in chunks of at most this size too).
 pub const MAX_FRAME: usize = 4 * MIB as usize;

@@ -33,7 +33,7 @@ use crate::boot::{self, Request};
 use crate::disk::{BlockSource, Disk};
 use crate::error::{Error, Fault};
 use crate::ipc::{self, Failure, Tag};
-use crate::limits::{CHILD_ADDRESS_SPACE, CHILD_DEADLINE_SECS};
+use crate::limits::{CHILD_ADDRESS_SPACE, CHILD_DEADLINE_SECS, MAX_RUNS};
 
 /// argv[1] that makes the binary act as the parse child.
 pub const CHILD_ARG: &str = "--nixboot-internal-parse-child";
@@ -260,6 +260,44 @@ fn copy_run(disk: &Disk, offset: Option<u64>, len: u64, out: &mut File, buf: &mu
     Ok(())
 }
 
+/// Copy the data ranges the child announced: each file (kernel, initrd)
+/// on its own thread, so the two in-kernel copies run side by side.
+fn copy_runs(disk: &Disk, runs: &[(Tag, ipc::Run)], frames: &mut dyn Frames) -> Result<(), Error> {
+    let mut jobs = Vec::new();
+    for tag in [Tag::Kernel, Tag::Initrd] {
+        if runs.iter().any(|(t, _)| *t == tag) {
+            let file = frames
+                .data(tag, 0)?
+                .try_clone()
+                .map_err(|e| Error::host("duplicating an output descriptor", e))?;
+            jobs.push((tag, file));
+        }
+    }
+    let copy = |tag: Tag, mut out: File| -> Result<(), Error> {
+        let mut buf = Vec::new();
+        for (_, r) in runs.iter().filter(|(t, _)| *t == tag) {
+            copy_run(disk, r.disk_offset, r.len, &mut out, &mut buf).map_err(|e| Error::Reported {
+                fault: Fault::Guest,
+                message: format!("copying the {tag:?} from the disk: {e}").to_lowercase(),
+            })?;
+        }
+        Ok(())
+    };
+    std::thread::scope(|s| {
+        let mut jobs = jobs.into_iter();
+        let first = jobs.next();
+        let others: Vec<_> = jobs.map(|(t, f)| s.spawn(move || copy(t, f))).collect();
+        let mut result = first.map_or(Ok(()), |(t, f)| copy(t, f));
+        for h in others {
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(Error::HostMsg("a copy thread panicked".into())));
+            result = result.and(r);
+        }
+        result
+    })
+}
+
 /// Run the parse child on `disk` and hand each frame to `frames` until
 /// the child's `Done`. Any failure of the child becomes an [`Error`].
 pub fn run_child(
@@ -306,6 +344,7 @@ pub fn run_child(
         log::debug!("cannot grow the frame pipe to {PIPE_SIZE} bytes: {e}");
     }
     let mut buf = Vec::new();
+    let mut runs: Vec<(Tag, ipc::Run)> = Vec::new();
     let mut outcome: Result<bool, Error> = Ok(false);
     let malformed = |e: std::io::Error| Error::Reported {
         fault: Fault::Guest,
@@ -340,14 +379,18 @@ pub fn run_child(
                 outcome = Err(malformed(std::io::Error::other("bad run")));
                 break;
             };
-            let mut copy_buf = Vec::new();
-            let step = frames
-                .data(data_tag, run.len)
-                .and_then(|out| copy_run(disk, run.disk_offset, run.len, out, &mut copy_buf).map_err(malformed));
-            if let Err(e) = step {
+            if runs.len() >= MAX_RUNS {
+                outcome = Err(malformed(std::io::Error::other(format!(
+                    "more than {MAX_RUNS} data ranges"
+                ))));
+                break;
+            }
+            // Accounted now, copied once the child is done (see below).
+            if let Err(e) = frames.data(data_tag, run.len) {
                 outcome = Err(e);
                 break;
             }
+            runs.push((data_tag, run));
             continue;
         }
         match tag {
@@ -393,7 +436,7 @@ pub fn run_child(
     }
     match outcome {
         Err(e) => Err(e),
-        Ok(true) if status.success() => Ok(()),
+        Ok(true) if status.success() => copy_runs(disk, &runs, frames),
         Ok(_) => Err(Error::Reported {
             fault: Fault::Guest,
             message: describe(status),
@@ -502,5 +545,30 @@ mod tests {
         let e = copy_data(&mut pipe, &mut out, 1001, &mut Vec::new()).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
         t.join().unwrap();
+    }
+
+    #[test]
+    fn copy_run_copies_ranges_and_holes_and_refuses_ranges_off_the_disk() {
+        let mut img = tempfile::NamedTempFile::new().unwrap();
+        img.write_all(&data(100_000)).unwrap();
+        let disk = Disk::open(img.path()).unwrap();
+        let mut out = tempfile::tempfile().unwrap();
+        let mut buf = Vec::new();
+        copy_run(&disk, Some(1000), 50_000, &mut out, &mut buf).unwrap();
+        copy_run(&disk, None, 4096, &mut out, &mut buf).unwrap();
+        copy_run(&disk, Some(0), 10, &mut out, &mut buf).unwrap();
+        let mut got = Vec::new();
+        use std::io::{Read, Seek};
+        out.rewind().unwrap();
+        out.read_to_end(&mut got).unwrap();
+        let src = data(100_000);
+        let mut want = src[1000..51_000].to_vec();
+        want.extend(std::iter::repeat_n(0u8, 4096));
+        want.extend_from_slice(&src[..10]);
+        assert!(got == want);
+        for (off, len) in [(99_999, 2), (u64::MAX - 1, 4), (100_000, 1)] {
+            let e = copy_run(&disk, Some(off), len, &mut out, &mut buf).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{off}+{len}");
+        }
     }
 }
