@@ -52,7 +52,7 @@ pub mod raw;
 
 use raw::{Inode, InodeKind, Raw};
 pub use raw::{
-    MAX_CACHED_BLOCK_BYTES, MAX_CACHED_DIR_ENTRIES, MAX_DIR_BYTES, MAX_EXTENT_NODES, MAX_FILE_EXTENTS, RawError,
+    MAX_CACHED_BLOCK_BYTES, MAX_CACHED_DIR_BYTES, MAX_DIR_BYTES, MAX_EXTENT_NODES, MAX_FILE_EXTENTS, RawError,
 };
 
 use crate::disk::Window;

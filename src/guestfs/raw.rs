@@ -54,8 +54,10 @@ pub const MAX_EXTENT_NODES: usize = 1 << 16;
 pub const MAX_FILE_EXTENTS: usize = 1 << 18;
 /// Largest directory read (a 100,000-entry `/nix/store` is ~8 MiB).
 pub const MAX_DIR_BYTES: u64 = 64 * MIB;
-/// Directory entries kept in the lookup cache over all directories.
-pub const MAX_CACHED_DIR_ENTRIES: usize = 400_000;
+/// Bytes of directory entries kept in the lookup maps over all
+/// directories (each entry counts its name plus 48 bytes of overhead; a
+/// 100,000-entry `/nix/store` is ~10 MiB).
+pub const MAX_CACHED_DIR_BYTES: usize = 48 << 20;
 /// Bytes of metadata blocks (inode tables, descriptors, extent nodes)
 /// kept in the block cache.
 pub const MAX_CACHED_BLOCK_BYTES: u64 = 4 * MIB;
@@ -425,11 +427,13 @@ pub struct Raw {
     geo: Geometry,
     blocks: RefCell<HashMap<u64, Rc<[u8]>>>,
     dirs: RefCell<HashMap<u32, Rc<DirMap>>>,
-    cached_entries: std::cell::Cell<usize>,
+    cached_bytes: std::cell::Cell<usize>,
     /// Lookups so far per indexed directory (see [`MAX_INDEXED_LOOKUPS`]).
     indexed_lookups: RefCell<HashMap<u32, u32>>,
     /// Lookups the htree answered.
     indexed_answers: std::cell::Cell<u64>,
+    /// Extents of the indexed directories looked up (at most 1,024).
+    dir_extents: RefCell<HashMap<u32, Rc<[Extent]>>>,
 }
 
 /// Lookups in one indexed directory answered through its htree (three
@@ -447,9 +451,10 @@ impl Raw {
             geo,
             blocks: Default::default(),
             dirs: Default::default(),
-            cached_entries: Default::default(),
+            cached_bytes: Default::default(),
             indexed_lookups: Default::default(),
             indexed_answers: Default::default(),
+            dir_extents: Default::default(),
         })
     }
 
@@ -769,7 +774,19 @@ impl Raw {
         if dir.inline_tail.is_some() || dir.flags & CASEFOLD_FL != 0 {
             return Ok(None);
         }
-        let ext = self.extents(dir)?;
+        let cached = self.dir_extents.borrow().get(&dir.ino).cloned();
+        let ext = match cached {
+            Some(e) => e,
+            None => {
+                let e: Rc<[Extent]> = self.extents(dir)?.into();
+                let mut c = self.dir_extents.borrow_mut();
+                if c.len() >= 1024 {
+                    c.clear();
+                }
+                c.insert(dir.ino, e.clone());
+                e
+            }
+        };
         let Some(root) = self.dir_block(&ext, 0)? else {
             return Ok(None);
         };
@@ -825,7 +842,7 @@ impl Raw {
 
     /// Look `name` up in directory `dir`: its inode number, if present.
     /// The directory is read once per run and kept as a hash map (within
-    /// [`MAX_CACHED_DIR_ENTRIES`] over all directories).
+    /// [`MAX_CACHED_DIR_BYTES`] over all directories).
     pub fn lookup(&self, dir: &Inode, name: &[u8]) -> Result<Option<u32>, RawError> {
         if let Some(m) = self.dirs.borrow().get(&dir.ino) {
             return Ok(m.get(name).copied());
@@ -833,7 +850,7 @@ impl Raw {
         if dir.flags & INDEX_FL != 0 {
             let n = {
                 let mut counts = self.indexed_lookups.borrow_mut();
-                if counts.len() >= MAX_CACHED_DIR_ENTRIES {
+                if counts.len() >= 1 << 16 {
                     counts.clear();
                 }
                 let n = counts.entry(dir.ino).or_insert(0);
@@ -848,14 +865,16 @@ impl Raw {
             }
         }
         let mut m = DirMap::new();
+        let mut bytes = 0usize;
         self.walk_dir(dir, |d| {
+            bytes = bytes.saturating_add(d.name.len()).saturating_add(48);
             m.entry(d.name.into()).or_insert(d.ino);
             Ok(())
         })?;
         let found = m.get(name).copied();
-        let total = self.cached_entries.get().saturating_add(m.len());
-        if total <= MAX_CACHED_DIR_ENTRIES {
-            self.cached_entries.set(total);
+        let total = self.cached_bytes.get().saturating_add(bytes);
+        if total <= MAX_CACHED_DIR_BYTES {
+            self.cached_bytes.set(total);
             self.dirs.borrow_mut().insert(dir.ino, Rc::new(m));
         }
         Ok(found)
