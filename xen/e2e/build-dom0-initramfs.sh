@@ -1,13 +1,16 @@
 #!/bin/bash
 # Build the e2e dom0 initramfs from this Debian 12 host's own packages: static busybox,
 # bash + the few tools Xen's block hotplug script needs, the Xen 4.17 toolstack and its
-# libraries, python3 (for pygrub, scenario f), 7 kernel modules, /etc/xen, nixboot as
-# /usr/bin/nixboot, the guest disks under /e2e/, the domain configs and dom0-init as /init.
+# libraries, python3 (for pygrub, scenario f), Nix's nix-store and nix-env (for
+# rebuild-switch, scenario b), 12 kernel modules, /etc/xen, nixboot as /usr/bin/nixboot, the
+# guest disks and system 2's closure under /e2e/, the domain configs, the scenario list and
+# rebuild-switch under /etc/xen/e2e/, and dom0-init as /init.
 #
-# Usage: build-dom0-initramfs.sh OUTDIR NIXBOOT     (needs OUTDIR/{nixos,hostile}.img)
+# Usage: build-dom0-initramfs.sh OUTDIR NIXBOOT
+#        (needs OUTDIR/{nixos.img,hostile.img,system-2.closure,switch.env}: build-guest-disks.sh)
 # Output: OUTDIR/dom0.cpio.gz
 # Needs: xen-utils-4.17, xenstore-utils, busybox-static, linux-image-amd64, cpio, file,
-#        python3, e2fsprogs, util-linux, kmod.
+#        python3, e2fsprogs, util-linux, kmod, nix-bin.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 out=$1
@@ -19,7 +22,7 @@ rm -rf "$R"
 mkdir -p "$R"
 cd "$R"
 mkdir -p etc/xen/e2e proc sys dev run tmp root var/lib/xen var/log/xen usr/bin usr/sbin \
-  usr/lib64 usr/lib/x86_64-linux-gnu e2e
+  usr/lib64 usr/lib/x86_64-linux-gnu e2e nix
 # Debian 12 is merged-/usr: mirror it so the paths ldd prints resolve
 ln -s usr/bin bin
 ln -s usr/sbin sbin
@@ -67,8 +70,18 @@ mkdir -p usr/lib/python3.11
   --exclude=config-3.11-x86_64-linux-gnu --exclude=site-packages --exclude=dist-packages \
   --exclude=__pycache__ -cf - .) | tar -C usr/lib/python3.11 -xf -
 for so in /usr/lib/python3.11/lib-dynload/*.so; do copy "$so"; done
-# dom0 kernel modules (insmod'ed by dom0-init)
-for m in xen-privcmd xenfs xen-evtchn xen-gntdev xen-gntalloc xen-blkback loop; do
+# Nix, for rebuild-switch: it works on the guest's store with the real nix-store and nix-env
+# (both links to /usr/bin/nix, whose libraries are in /usr/lib/nix through its RUNPATH)
+copy /usr/bin/nix-store /usr/bin/nix-env
+# Nix dlopen()s libnss_dns (a stub in glibc 2.36) and warns without it; dom0 builds nothing, so
+# it needs no nixbld group (Nix warns about a missing one) and no binary cache
+copy /lib/x86_64-linux-gnu/libnss_dns.so.2
+mkdir -p etc/nix
+printf '%s\n' 'build-users-group =' 'substituters =' > etc/nix/nix.conf
+# dom0 kernel modules: the first 7 insmod'ed by dom0-init at boot, the ext4 stack by
+# rebuild-switch when it mounts the guest's filesystem
+for m in xen-privcmd xenfs xen-evtchn xen-gntdev xen-gntalloc xen-blkback loop \
+  crc16 mbcache jbd2 crc32c_generic ext4; do
   p=$(modinfo -k "$KVER" -n "$m")
   mkdir -p "$R$(dirname "$p")"
   cp "$p" "$R$p"
@@ -89,7 +102,9 @@ copy_deps() { local lib; for lib in $(ldd "$1" | grep -o '/[^ ]*' || true); do [
 copy_deps "$nixboot"
 install -m 0755 "$here/dom0-init" init
 install -m 0644 "$here"/domains/*.cfg "$here/scenarios" etc/xen/e2e/
-mv "$out/nixos.img" "$out/hostile.img" e2e/
+install -m 0755 "$here/rebuild-switch" etc/xen/e2e/
+mv "$out/nixos.img" "$out/hostile.img" "$out/system-2.closure" e2e/
+cp "$out/switch.env" e2e/
 echo "dom0 root: $(du -sh "$R" | cut -f1)"
 find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet | gzip -1 > "$out/dom0.cpio.gz"
 rm -rf "$R"

@@ -1,38 +1,54 @@
 #!/bin/bash
-# Build the guest disks for the e2e run, from NixOS-shaped trees with `mke2fs -d`
-# (until the image builder lands):
+# Build the guest disks for the e2e run. The NixOS disk comes from `nixboot image`, the way an
+# admin makes one; only the hostile disk is made by hand, because no Nix tool writes one.
 #
-#   nixos.img    MBR + ext4 partition. /nix/store holds Debian's Xen-capable kernel,
-#                two busybox initrds and two system toplevels. The profile has one
-#                generation (system -> system-1-link); toplevel 2 is already built and
-#                /etc/nixboot-e2e/rebuild-switch asks the booted guest to switch to it
-#                (see guest-init), as `nixos-rebuild switch` would.
-#   hostile.img  Same shape, but generation 2 (current) has "x\u0000kernel /etc/shadow" in
-#                boot.json's kernelParams and generation 1 has a newline injection.
-#   expect.env   The store paths, for the checks in run.sh.
+#   nixos.img         `nixboot image` (MBR, ext4 partition) of system 1 of guest.nix, built
+#                     with nix-build: Debian's Xen-capable kernel as linux-<ver>/bzImage, a
+#                     busybox initrd whose /init is guest-init. Its store, store DB and
+#                     profile (system -> system-1-link) are what nixboot image made.
+#   system-2.closure  `nix-store --export` of what system 2 adds to system 1's closure (its
+#                     toplevel and its initrd): what rebuild-switch imports into the disk
+#                     before scenario b, as `nixos-rebuild switch` brings a new system in.
+#   switch.env        for rebuild-switch: the partition's byte offset and system 2's path.
+#   hostile.img       hand-made with `mke2fs -d` (MBR + ext4), the same shape with fake store
+#                     paths: generation 2 (current) has "x\u0000kernel /etc/shadow" in
+#                     boot.json's kernelParams, generation 1 a newline injection.
+#   expect.env        system 1's and 2's store paths, for the checks in run.sh.
 #
-# Usage: build-guest-disks.sh OUTDIR     (env: KVER, GUEST_KERNEL)
-# Needs: busybox-static, cpio, gzip, e2fsprogs (mke2fs), fdisk (sfdisk), kmod (modinfo).
+# Usage: build-guest-disks.sh OUTDIR NIXBOOT     (env: KVER, GUEST_KERNEL)
+# Needs: nix-bin (nix-build, nix-store; run as root, or as a user of a nix-daemon),
+#        busybox-static, cpio, gzip, e2fsprogs, fdisk (sfdisk), kmod (modinfo), and what
+#        `nixboot image` runs (nix, nix-env, sqlite3, debugfs, e2fsck, dumpe2fs).
+# The store paths it builds (the kernel, initrds and systems, their .drv files) are needed
+# only until the disk and the closure file are written: it deletes them again on exit
+# (`nix-store --delete`, best effort: a path something else keeps alive stays).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 out=$1
+nixboot=$2
 KVER=${KVER:-$(ls /lib/modules | sort -V | tail -1)}
 GUEST_KERNEL=${GUEST_KERNEL:-/boot/vmlinuz-$KVER}
 work=$out/guest-work
 rm -rf "$work"
 mkdir -p "$work" "$out"
 
-# Fake but well-formed store path names: 32 chars of Nix's base32 alphabet.
-hash() { printf '%s' "$1" | sha256sum | cut -c1-32 | tr e z; }
-S=/nix/store
-K=$S/$(hash kernel)-linux-$KVER
-I1=$S/$(hash initrd-1)-initrd-linux-$KVER
-I2=$S/$(hash initrd-2)-initrd-linux-$KVER
-G1=$S/$(hash system-1)-nixos-system-e2e-24.11.1
-G2=$S/$(hash system-2)-nixos-system-e2e-24.11.2
+store_paths=()
+cleanup() {
+  local rc=$?
+  rm -rf "$work" # the out-links: the GC roots of what nix-build made
+  if [ "${#store_paths[@]}" -gt 0 ]; then
+    nix-store --delete "${store_paths[@]}" >/dev/null 2>&1 ||
+      echo "build-guest-disks: note: some of this run's store paths are still alive, kept" >&2
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # Guest initrd N: static busybox, guest-init, the modules to mount xvda1 (ext4 over
 # xen-blkfront), and a file naming the initrd so the guest can tell which one booted.
+# Fixed times and a device-independent cpio: the same inputs give the same store path.
 make_initrd() { # N dest
   local r=$work/initrd-root-$1 m p
   mkdir -p "$r/bin" "$r/dev" "$r/proc" "$r/sys" "$r/etc" "$r/lib/modules"
@@ -47,8 +63,47 @@ make_initrd() { # N dest
       *) echo "build-guest-disks: module $m is $p, expected an uncompressed .ko" >&2; exit 1 ;;
     esac
   done
-  (cd "$r" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -6) > "$2"
+  find "$r" -exec touch -h -d @1 {} +
+  (cd "$r" && find . | LC_ALL=C sort | cpio -o -H newc --quiet --reproducible | gzip -n -6) > "$2"
 }
+
+make_initrd 1 "$work/initrd-1"
+make_initrd 2 "$work/initrd-2"
+
+# nixos.img: the two systems, built by Nix; the image of system 1 by nixboot image.
+nix-build "$here/guest.nix" -A system1 -A system2 --out-link "$work/result" --option substituters '' \
+  --argstr kver "$KVER" --argstr kernel "$GUEST_KERNEL" \
+  --argstr initrd1 "$work/initrd-1" --argstr initrd2 "$work/initrd-2" >/dev/null
+G1=$(readlink "$work/result")
+G2=$(readlink "$work/result-2")
+mapfile -t drvs < <(nix-store -q --deriver "$G1" "$G2")
+mapfile -t store_paths < <(nix-store -qR "$G1" "$G2" "${drvs[@]}" | LC_ALL=C sort -u)
+I1=$(dirname "$(readlink "$G1/initrd")")
+I2=$(dirname "$(readlink "$G2/initrd")")
+K=$(dirname "$(readlink "$G1/kernel")")
+"$nixboot" image --system "$G1" --size 32M --output "$out/nixos.img" --force
+offset=$(sfdisk -d "$out/nixos.img" | sed -n 's/.*start= *\([0-9]*\),.*/\1/p' | head -1)
+offset=$((offset * 512))
+[ "$offset" -gt 0 ] || { echo "build-guest-disks: no partition in nixos.img" >&2; exit 1; }
+
+# system 2: the store paths system 1's closure lacks, in nix-store --export's format (the one
+# nix-copy-closure used), ready for nix-store --import into the disk's store.
+mapfile -t new_paths < <(LC_ALL=C comm -13 <(nix-store -qR "$G1" | LC_ALL=C sort) \
+  <(nix-store -qR "$G2" | LC_ALL=C sort))
+[[ " ${new_paths[*]} " == *" $G2 "* ]] || { echo "build-guest-disks: system 2 is in system 1's closure" >&2; exit 1; }
+nix-store --export "${new_paths[@]}" > "$out/system-2.closure"
+printf 'E2E_OFFSET=%s\nE2E_SYSTEM=%s\n' "$offset" "$G2" > "$out/switch.env"
+printf 'G1=%s\nG2=%s\nI1=%s\nI2=%s\nK=%s\n' "$G1" "$G2" "$I1" "$I2" "$K" > "$out/expect.env"
+
+# hostile.img: injection attempts in kernelParams (XSA-198-style result-file injection), on a
+# hand-made NixOS-shaped tree with fake but well-formed store paths (32 chars of Nix's base32).
+hash() { printf '%s' "$1" | sha256sum | cut -c1-32 | tr e z; }
+S=/nix/store
+HK=$S/$(hash kernel)-linux-$KVER
+HI1=$S/$(hash initrd-1)-initrd-linux-$KVER
+HI2=$S/$(hash initrd-2)-initrd-linux-$KVER
+HG1=$S/$(hash system-1)-nixos-system-e2e-24.11.1
+HG2=$S/$(hash system-2)-nixos-system-e2e-24.11.2
 
 # toplevel TREE DIR N INITRD PARAMS_JSON PARAMS_TEXT: a NixOS system toplevel.
 toplevel() {
@@ -56,60 +111,32 @@ toplevel() {
   mkdir -p "$t$g/specialisation"
   printf '#!/bin/sh\necho "NIXBOOT-E2E-STAGE2 generation=%s toplevel=%s"\n' "$n" "$g" > "$t$g/init"
   chmod 0555 "$t$g/init"
-  ln -s "$K/bzImage" "$t$g/kernel"
+  ln -s "$HK/bzImage" "$t$g/kernel"
   ln -s "$initrd/initrd" "$t$g/initrd"
   printf '%s' "$6" > "$t$g/kernel-params"
   printf '24.11.%s' "$n" > "$t$g/nixos-version"
   printf 'x86_64-linux' > "$t$g/system"
   printf '{"org.nixos.bootspec.v1":{"init":"%s/init","initrd":"%s/initrd","kernel":"%s/bzImage","kernelParams":[%s],"label":"NixOS 24.11.%s (Linux %s)","system":"x86_64-linux","toplevel":"%s"},"org.nixos.specialisation.v1":{}}\n' \
-    "$g" "$initrd" "$K" "$5" "$n" "$KVER" "$g" > "$t$g/boot.json"
+    "$g" "$initrd" "$HK" "$5" "$n" "$KVER" "$g" > "$t$g/boot.json"
 }
 
-# tree ROOT: the parts both disks share.
-tree() {
-  local t=$1
-  mkdir -p "$t$K" "$t$I1" "$t$I2" "$t/nix/var/nix/profiles" "$t/etc/nixboot-e2e"
-  cp "$GUEST_KERNEL" "$t$K/bzImage"
-  cp "$work/initrd-1" "$t$I1/initrd"
-  cp "$work/initrd-2" "$t$I2/initrd"
-  echo e2e > "$t/etc/hostname"
-}
-
-# image TREE IMG: MBR, one Linux partition at 1 MiB holding ext4 made from TREE.
-image() {
-  local kib
-  kib=$(du -sk "$1" | cut -f1)
-  kib=$((kib + kib / 2 + 8192))
-  rm -f "$2"
-  truncate -s $(((kib + 1024) * 1024)) "$2"
-  printf 'label: dos\nstart=2048, type=83, bootable\n' | sfdisk -q "$2"
-  mke2fs -q -t ext4 -b 4096 -L nixos -E offset=1048576 -d "$1" "$2" "${kib}k"
-}
-
-make_initrd 1 "$work/initrd-1"
-make_initrd 2 "$work/initrd-2"
-
-# nixos.img: generation 1 current, toplevel 2 built but not yet switched to.
-t=$work/nixos
-tree "$t"
-toplevel "$t" "$G1" 1 "$I1" '"console=hvc0","loglevel=4","nixboot.gen=1"' 'console=hvc0 loglevel=4 nixboot.gen=1'
-toplevel "$t" "$G2" 2 "$I2" '"console=hvc0","loglevel=4","nixboot.gen=2"' 'console=hvc0 loglevel=4 nixboot.gen=2'
-ln -s "$G1" "$t/nix/var/nix/profiles/system-1-link"
-ln -s system-1-link "$t/nix/var/nix/profiles/system"
-printf '%s\n' "$G2" > "$t/etc/nixboot-e2e/rebuild-switch"
-image "$t" "$out/nixos.img"
-
-# hostile.img: injection attempts in kernelParams (XSA-198-style result-file injection).
 t=$work/hostile
-tree "$t"
-toplevel "$t" "$G1" 1 "$I1" '"console=hvc0","x\nramdisk /etc/shadow"' "$(printf 'console=hvc0 x\nramdisk /etc/shadow')"
-toplevel "$t" "$G2" 2 "$I2" '"console=hvc0","x\u0000kernel /etc/shadow"' ''
-printf 'console=hvc0 x\0kernel /etc/shadow' > "$t$G2/kernel-params"
-ln -s "$G1" "$t/nix/var/nix/profiles/system-1-link"
-ln -s "$G2" "$t/nix/var/nix/profiles/system-2-link"
+mkdir -p "$t$HK" "$t$HI1" "$t$HI2" "$t/nix/var/nix/profiles"
+cp "$GUEST_KERNEL" "$t$HK/bzImage"
+cp "$work/initrd-1" "$t$HI1/initrd"
+cp "$work/initrd-2" "$t$HI2/initrd"
+toplevel "$t" "$HG1" 1 "$HI1" '"console=hvc0","x\nramdisk /etc/shadow"' "$(printf 'console=hvc0 x\nramdisk /etc/shadow')"
+toplevel "$t" "$HG2" 2 "$HI2" '"console=hvc0","x\u0000kernel /etc/shadow"' ''
+printf 'console=hvc0 x\0kernel /etc/shadow' > "$t$HG2/kernel-params"
+ln -s "$HG1" "$t/nix/var/nix/profiles/system-1-link"
+ln -s "$HG2" "$t/nix/var/nix/profiles/system-2-link"
 ln -s system-2-link "$t/nix/var/nix/profiles/system"
-image "$t" "$out/hostile.img"
+# MBR, one Linux partition at 1 MiB holding ext4 made from the tree
+kib=$(du -sk "$t" | cut -f1)
+kib=$((kib + kib / 2 + 8192))
+rm -f "$out/hostile.img"
+truncate -s $(((kib + 1024) * 1024)) "$out/hostile.img"
+printf 'label: dos\nstart=2048, type=83, bootable\n' | sfdisk -q "$out/hostile.img"
+mke2fs -q -t ext4 -b 4096 -L nixos -E offset=1048576 -d "$t" "$out/hostile.img" "${kib}k"
 
-printf 'G1=%s\nG2=%s\nI1=%s\nI2=%s\nK=%s\n' "$G1" "$G2" "$I1" "$I2" "$K" > "$out/expect.env"
-rm -rf "$work"
-ls -l "$out/nixos.img" "$out/hostile.img"
+ls -l "$out/nixos.img" "$out/system-2.closure" "$out/hostile.img"

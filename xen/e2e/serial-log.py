@@ -6,7 +6,8 @@ Usage: serial-log.py LOG [all]
 Reads stdin, writes every line to LOG as "[<seconds since start>] <line>"
 (host wall clock), and echoes the interesting lines to stdout: dom0-init's
 "@@" events, the guests' NIXBOOT-E2E report lines, the bootloader logs,
-and the bootloader argv / errors from xl. With "all", echoes everything.
+rebuild-switch's output (generation 2 entering the NixOS disk), and the
+bootloader argv / errors from xl. With "all", echoes everything.
 """
 
 import re
@@ -14,7 +15,7 @@ import sys
 import time
 
 INTERESTING = re.compile(
-    rb"^(@@ |\[blog |\[guest [^]]*\] NIXBOOT-E2E|"
+    rb"^(@@ |\[blog |\[rebuild-switch |\[guest [^]]*\] NIXBOOT-E2E|"
     rb"\[xl [^]]*\] .*(bootloader arg:|executing bootloader|bootloader completed|libxl: error))"
 )
 
