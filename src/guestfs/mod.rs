@@ -976,9 +976,11 @@ impl GuestFs {
                 full.push(b'/');
             }
             full.extend_from_slice(&name);
+            // A name listed twice (a corrupt directory) is the first one, as
+            // a lookup finds it.
             let mut seen = self.seen.borrow_mut();
             if seen.len() < MAX_CACHED_PATHS {
-                seen.insert(full, Some(meta.clone()));
+                seen.entry(full).or_insert_with(|| Some(meta.clone()));
             }
             out.push(StatEntry { name, meta });
             Ok(())
