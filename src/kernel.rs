@@ -25,6 +25,7 @@
 
 use std::io::{self, Read, Write};
 
+use crate::bytes::{le16, le32, le64};
 use crate::limits::MAX_KERNEL_DECOMPRESSED;
 
 /// Largest ELF header + program header table examined.
@@ -137,16 +138,6 @@ pub enum KernelError {
     /// Reading failed.
     #[error("cannot be read: {0}")]
     Read(String),
-}
-
-fn le16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at.checked_add(2)?)?.try_into().ok()?))
-}
-fn le32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?))
-}
-fn le64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at.checked_add(8)?)?.try_into().ok()?))
 }
 
 /// Identify the container from the first bytes (at least 0x250) of a

@@ -11,6 +11,7 @@
 pub mod app;
 pub mod assets;
 pub mod boot;
+pub mod bytes;
 pub mod cache;
 pub mod cli;
 pub mod cmdline;

@@ -221,18 +221,8 @@ impl DxNode {
     /// Parse `count` entries at `at` in an index block of `block.len()`
     /// bytes; `None` if they do not fit or are out of order.
     pub fn parse(block: &[u8], at: usize) -> Option<DxNode> {
-        let le16 = |o: usize| {
-            block
-                .get(o..o.checked_add(2)?)
-                .and_then(|s| s.try_into().ok())
-                .map(u16::from_le_bytes)
-        };
-        let le32 = |o: usize| {
-            block
-                .get(o..o.checked_add(4)?)
-                .and_then(|s| s.try_into().ok())
-                .map(u32::from_le_bytes)
-        };
+        let le16 = |o: usize| crate::bytes::le16(block, o);
+        let le32 = |o: usize| crate::bytes::le32(block, o);
         let limit = usize::from(le16(at)?);
         let count = usize::from(le16(at.checked_add(2)?)?);
         let end = at.checked_add(limit.checked_mul(8)?)?;

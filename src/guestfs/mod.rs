@@ -165,10 +165,7 @@ const INCOMPAT_64BIT: u32 = 0x80;
 const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
 
 fn sb_u32(sb: &[u8], at: usize) -> u32 {
-    sb.get(at..at.saturating_add(4))
-        .and_then(|s| s.try_into().ok())
-        .map(u32::from_le_bytes)
-        .unwrap_or(0)
+    crate::bytes::le32(sb, at).unwrap_or(0)
 }
 
 /// The kernel's superblock sanity checks (ext4_fill_super), on the raw

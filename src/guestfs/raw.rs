@@ -116,18 +116,14 @@ fn corrupt(what: impl Into<String>) -> RawError {
     RawError::Corrupt(what.into())
 }
 
+/// A field of a structure already checked to be long enough (0 if not).
 fn le16(b: &[u8], at: usize) -> u16 {
-    b.get(at..at.saturating_add(2))
-        .and_then(|s| s.try_into().ok())
-        .map(u16::from_le_bytes)
-        .unwrap_or(0)
+    crate::bytes::le16(b, at).unwrap_or(0)
 }
 
+/// A field of a structure already checked to be long enough (0 if not).
 fn le32(b: &[u8], at: usize) -> u32 {
-    b.get(at..at.saturating_add(4))
-        .and_then(|s| s.try_into().ok())
-        .map(u32::from_le_bytes)
-        .unwrap_or(0)
+    crate::bytes::le32(b, at).unwrap_or(0)
 }
 
 fn usize_of(n: u64) -> Result<usize, RawError> {

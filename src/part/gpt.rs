@@ -8,6 +8,7 @@
 //! [`MAX_GPT_ENTRY_SIZE`] before the array is read in one bounded read.
 
 use super::{Candidate, SECTOR, Source, read_vec};
+use crate::bytes::{le32 as le_u32, le64 as le_u64};
 use crate::disk::BlockSource;
 use crate::limits::{MAX_GPT_ENTRIES, MAX_GPT_ENTRY_SIZE, MAX_PARTITIONS};
 
@@ -65,13 +66,6 @@ pub struct Header {
     pub entry_size: u32,
     /// CRC32 of the array.
     pub array_crc: u32,
-}
-
-fn le_u32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?))
-}
-fn le_u64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at.checked_add(8)?)?.try_into().ok()?))
 }
 
 /// Validate the header in the 512-byte `sector` read from `lba`.

@@ -9,6 +9,7 @@
 //! on any arithmetic overflow.
 
 use super::{Candidate, SECTOR, Source, read_vec};
+use crate::bytes::le32 as u32_at;
 use crate::disk::BlockSource;
 use crate::limits::{MAX_EBR_HOPS, MAX_PARTITIONS};
 
@@ -35,11 +36,6 @@ impl Entry {
     fn is_used(&self) -> bool {
         self.sys != 0 && self.sectors != 0
     }
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    let s = b.get(at..at.checked_add(4)?)?;
-    Some(u32::from_le_bytes(s.try_into().ok()?))
 }
 
 /// Parse the four entries of a 512-byte MBR/EBR sector; `None` if the
