@@ -1,7 +1,10 @@
 #!/bin/sh
 # Build one benchmark disk: an MBR disk with one Linux partition at 1 MiB
-# holding an ext4 filesystem (mke2fs defaults: 4 KiB blocks, journal,
-# metadata_csum) made by `mke2fs -d` from a NixOS-shaped tree, then
+# holding an ext4 filesystem (4 KiB blocks, as on any NixOS root over
+# 512 MiB and in `nixboot image`; mke2fs would pick 1 KiB for the small
+# 256 MiB disk, which would make block size a second variable between the
+# small and the big disk; journal, metadata_csum) made by `mke2fs -d` from
+# a NixOS-shaped tree, then
 # `e2fsck -fyD` to index the directories, as the image builder does.
 #
 # The tree has one generation whose kernel and initrd are KERNEL and
@@ -67,7 +70,7 @@ printf 'label: dos\nlabel-id: 0x62656e63\nstart=2048, type=83, bootable\n' | sfd
 bytes=$(stat -c %s "$out")
 fs_kib=$(( (bytes - 1048576) / 1024 ))
 inodes=$((store + 4096))
-mke2fs -q -F -t ext4 -N "$inodes" -E offset=1048576,lazy_itable_init=1 -d "$t" "$out" "${fs_kib}k"
+mke2fs -q -F -t ext4 -b 4096 -N "$inodes" -E offset=1048576,lazy_itable_init=1 -d "$t" "$out" "${fs_kib}k"
 if [ "${NOINDEX:-0}" = 0 ]; then
   e2fsck -fyD "$out?offset=1048576" > /dev/null 2>&1 || [ $? -le 1 ]
 fi
