@@ -235,6 +235,19 @@ fn image_cmd(f: &Fixture, out: &Path, extra: &[&str]) -> Command {
     c
 }
 
+/// A private directory on /dev/shm (a tmpfs), writable by everyone, for
+/// `TMPDIR`: where a copied staging tree goes (removed on drop).
+fn private_tmpfs() -> Option<tempfile::TempDir> {
+    let shm = Path::new("/dev/shm");
+    let is_tmpfs = nix::sys::statfs::statfs(shm).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    if !is_tmpfs {
+        return None;
+    }
+    let d = tempfile::Builder::new().prefix("nixboot-test-").tempdir_in(shm).ok()?;
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o777)).ok()?;
+    Some(d)
+}
+
 fn leftovers(dir: &Path) -> Vec<String> {
     fs::read_dir(dir)
         .unwrap()
@@ -475,16 +488,27 @@ fn interrupt_removes_staging_and_partial_image() {
     let Some(f) = fixture() else { return };
     let d = outdir();
     let img = d.path().join("int.img");
-    let mut child = Command::new(BIN)
-        .args(["image", "--size", "1G", "--output"])
+    // Where a copied staging tree would go (as a user, who cannot link
+    // root's store files).
+    let shm = private_tmpfs();
+    let dirs: Vec<&Path> = std::iter::once(d.path())
+        .chain(shm.as_ref().map(|s| s.path()))
+        .collect();
+    let mut c = Command::new(BIN);
+    c.args(["image", "--size", "1G", "--output"])
         .arg(&img)
         .arg("--system")
         .arg(&f.big)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    if let Some(s) = &shm {
+        c.env("TMPDIR", s.path());
+    }
+    let mut child = c.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !leftovers(d.path()).iter().any(|n| n.starts_with(".nixboot-staging-")) {
+    while !dirs
+        .iter()
+        .any(|d| leftovers(d).iter().any(|n| n.starts_with(".nixboot-staging-")))
+    {
         assert!(Instant::now() < deadline, "no staging dir appeared");
         assert!(
             child.try_wait().unwrap().is_none(),
@@ -502,7 +526,9 @@ fn interrupt_removes_staging_and_partial_image() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("interrupted"), "{err}");
     assert!(!img.exists());
-    assert_eq!(leftovers(d.path()), Vec::<String>::new());
+    for d in dirs {
+        assert_eq!(leftovers(d), Vec::<String>::new(), "{}", d.display());
+    }
 }
 
 /// Start a nix-daemon unless one is listening; stopped on drop.
@@ -586,9 +612,13 @@ fn non_root_user_through_the_daemon_gives_the_same_bytes() {
     fs::copy(BIN, &bin).unwrap();
     fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
     let user_img = d.path().join("user.img");
+    // The user's copy of the closure goes to a tmpfs: a private one here.
+    let shm = private_tmpfs();
+    let tmpdir = shm.as_ref().map_or_else(std::env::temp_dir, |s| s.path().to_owned());
     let out = Command::new("runuser")
         .args(["-u", TEST_USER, "--", "env"])
         .arg(format!("HOME={}", home.display()))
+        .arg(format!("TMPDIR={}", tmpdir.display()))
         .arg("NIX_REMOTE=daemon")
         .arg(&bin)
         .arg("image")
@@ -609,6 +639,18 @@ fn non_root_user_through_the_daemon_gives_the_same_bytes() {
     {
         use std::os::unix::fs::MetadataExt;
         assert_ne!(fs::metadata(&user_img).unwrap().uid(), 0, "the user wrote it");
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let protected = fs::read_to_string("/proc/sys/fs/protected_hardlinks").is_ok_and(|v| v.trim() == "1");
+    if protected && let Some(s) = &shm {
+        // It could not link root's store files: a copy, in the tmpfs.
+        let into = format!(" into {}", s.path().display());
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("nixboot: copying the closure") && l.ends_with(&into)),
+            "{err}"
+        );
+        assert_eq!(leftovers(s.path()), Vec::<String>::new());
     }
     let root_img = d.path().join("root.img");
     run(&mut image_cmd(f, &root_img, &[]));

@@ -1,11 +1,12 @@
-//! Running external tools (nix, mke2fs, e2fsck, debugfs, dumpe2fs,
+//! Running external tools (nix, mke2fs, e2fsck, debugfs, dumpe2fs, tune2fs,
 //! sqlite3): one helper for all of them, and the interrupt flag.
 //!
 //! [`run_cmd`] logs the argv at debug level, feeds stdin from a file or
 //! nothing, captures stdout (or sends it to a file) and stderr, hands each
-//! stderr line to an optional callback while the tool runs (the progress
-//! bar counts `nix copy`'s lines), names a missing binary and the Debian
-//! package that brings it, and turns a failure into one error line with
+//! stderr line to an optional callback while the tool runs, and the
+//! process id to another (the threads that read ahead of mke2fs and write
+//! behind it), names a missing binary and the Debian package that brings
+//! it, and turns a failure into one error line with
 //! the tail of the tool's stderr. It polls the child so that SIGINT,
 //! SIGTERM or SIGHUP (see [`install_signal_handlers`]) kill the tool and
 //! return [`interrupted_error`], letting the callers' guards remove the
@@ -63,7 +64,7 @@ pub fn check_interrupted() -> Result<(), Error> {
 fn package_of(tool: &str) -> &'static str {
     match tool {
         "nix" | "nix-store" | "nix-env" | "nix-build" => "nix-bin",
-        "mke2fs" | "e2fsck" | "debugfs" | "dumpe2fs" => "e2fsprogs",
+        "mke2fs" | "e2fsck" | "debugfs" | "dumpe2fs" | "tune2fs" => "e2fsprogs",
         "sqlite3" => "sqlite3",
         _ => "the package that provides it",
     }
@@ -85,6 +86,8 @@ pub struct Run<'a> {
     pub stdout: Out,
     /// Called with every stderr line as it arrives.
     pub on_line: Option<&'a mut dyn FnMut(&str)>,
+    /// Called with the tool's process id once it runs.
+    pub on_spawn: Option<&'a mut dyn FnMut(u32)>,
     /// Exit codes that count as success (besides 0).
     pub ok_codes: &'a [i32],
 }
@@ -95,6 +98,7 @@ impl Default for Run<'_> {
             stdin: None,
             stdout: Out::Capture,
             on_line: None,
+            on_spawn: None,
             ok_codes: &[],
         }
     }
@@ -151,6 +155,9 @@ pub fn run_cmd(mut cmd: Command, mut opts: Run<'_>) -> Result<Finished, Error> {
             Error::host(format!("starting `{program}`"), e)
         }
     })?;
+    if let Some(f) = opts.on_spawn.as_mut() {
+        f(child.id());
+    }
     let stdout_thread = child.stdout.take().filter(|_| capture).map(|mut o| {
         std::thread::spawn(move || {
             let mut buf = Vec::new();

@@ -4,18 +4,21 @@
 //! Trusted inputs (the user's own store path and files); the host tools do
 //! the heavy lifting and every one of them runs through [`cmd::run_cmd`]:
 //!
-//! 1. [`stage`]: put the closure into a chroot store in a staging
-//!    directory next to the output — hard links to the host store where
-//!    the kernel allows (no data copied), else `nix copy` — register it
-//!    from the host's own registration (`nix-store --dump-db` →
-//!    `--load-db`, plus one `sqlite3` script for times, signatures and
-//!    content addresses), `nix-env --store … --set` the system profile,
-//!    add `/etc/nixos/configuration.nix` and `/root/.nix-channels`, and
-//!    pin modes and times outside the store.
+//! 1. [`stage`]: walk the closure, then mirror it into a chroot store in
+//!    a staging directory — hard links to the host store where the kernel
+//!    allows (no data copied), else copies, in a tmpfs when they fit —
+//!    while, alongside, registering it from the host's own registration
+//!    (`nix-store --dump-db` → `--load-db`, plus one `sqlite3` script for
+//!    times, signatures and content addresses) and making the system
+//!    profile (`nix-env --store … --set`); then add
+//!    `/etc/nixos/configuration.nix` and `/root/.nix-channels`, and pin
+//!    modes and times outside the store.
 //! 2. [`fs`]: a sparse temporary file of `--size`, the partition table
-//!    (mbrman / gptman), `mke2fs -d` into the partition's byte range,
-//!    owners and ctimes set in the filesystem with `debugfs`, directory
-//!    indexes with `e2fsck -fyD`.
+//!    (mbrman / gptman), `mke2fs -d` into the partition's byte range
+//!    (without `metadata_csum`), owners and ctimes set in the filesystem
+//!    with `debugfs`, checksums with `tune2fs -O metadata_csum`, directory
+//!    indexes with `e2fsck -fyD`. The staging tree is removed in the
+//!    background once mke2fs is done with it.
 //! 3. fsync, rename over the output (refusing an existing one without
 //!    `--force`), and the optional xl config ([`domain`]).
 //!
@@ -34,17 +37,28 @@
 //! `registrationTime`. Store paths keep Nix's mtime 1.
 //!
 //! **Speed.** The closure's data is written once, by mke2fs, into the
-//! image; the staging tree costs a hard link per file (or, as a user on a
-//! host with `fs.protected_hardlinks`, one `nix copy`). `mke2fs -d`
-//! inserts directory entries linearly, so a directory with tens of
-//! thousands of entries costs it seconds of CPU; `e2fsck -fyD` then
-//! indexes them for the guest. See `xen/bench/image-bench.sh`.
+//! image, and the staging tree costs a hard link per file (or, where the
+//! kernel forbids that, one copy, in a tmpfs when it fits). mke2fs is most
+//! of the run, so everything else is kept off its path or next to it:
+//! - it runs without `metadata_csum` (its linear directory scans
+//!   checksummed every block they read), which `tune2fs` adds afterwards;
+//! - a thread reads the host store ahead of it ([`stage::read_ahead`]),
+//!   another has the kernel write the image out behind it
+//!   ([`fs::write_behind`]) instead of all at its final fsync;
+//! - registration runs while the store paths are staged, and the staging
+//!   tree is removed while debugfs, tune2fs and e2fsck finish the image.
+//!
+//! `mke2fs -d` still inserts directory entries linearly (a directory with
+//! tens of thousands of entries costs it seconds) and checks every file
+//! with a link count above 1 against a list of the ones it has seen
+//! (quadratic: ~1 s for the bench closure's 35,000 hard links). Measured
+//! numbers: `xen/bench/image-bench.sh`.
 //!
 //! **Cleanup.** The staging tree and the temporary image are guards:
 //! dropped on any error, and SIGINT/SIGTERM/SIGHUP only set a flag that
 //! turns into an error (see [`cmd`]), so an interrupted run leaves nothing
-//! behind. Only SIGKILL can leave `.nixboot-staging-*` or
-//! `.<name>.nixboot-*` next to the output.
+//! behind. Only SIGKILL can leave `.nixboot-staging-*` (next to the output,
+//! or in `$TMPDIR` or /dev/shm) or `.<name>.nixboot-*` next to the output.
 
 pub mod cmd;
 pub mod domain;
@@ -100,6 +114,7 @@ pub const TOOLS: &[&str] = &[
     "mke2fs",
     "dumpe2fs",
     "debugfs",
+    "tune2fs",
     "e2fsck",
     "sqlite3",
 ];
@@ -400,11 +415,46 @@ pub fn run(o: &Options) -> Result<(), Error> {
         return Err(too_small(o, &rough));
     }
 
-    let staging = stage::Staging::create(&out_dir)?;
-    let method = stage::populate(&staging, &system, &closure, &mut p)?;
-    log::debug!("store paths staged: {method:?}");
+    p.stage("scan: walking the closure", None);
+    let plan = stage::plan(&closure, &out_dir)?;
+    log::debug!("staging: {:?}", plan.placement);
+    // The store paths plus what Nix and we add next to them (the DB, the
+    // profile, a few small files): refuse before staging anything.
+    let mut want = plan.store_usage();
+    want.inodes = want.inodes.saturating_add(64);
+    want.blocks = want
+        .blocks
+        .saturating_add((8 << 20) / BLOCK)
+        .saturating_add(u64::try_from(closure.paths.len()).unwrap_or(u64::MAX));
+    if !fits(layout.size, &want) {
+        return Err(too_small(o, &want));
+    }
+    let staging = stage::Staging::create(&plan.placement.dir)?;
+    std::fs::create_dir_all(staging.root().join("nix/store"))
+        .map_err(|e| Error::host("creating the staging store", e))?;
+    // Registration only writes below nix/var (and Nix's nix/store/.links):
+    // it runs while the store paths are linked or copied.
+    p.stage(&plan.describe(), Some(plan.files()));
+    let (mirrored, registered) = std::thread::scope(|s| {
+        let reg = s.spawn(|| stage::register(&staging, &system, &closure, time));
+        let mirrored = stage::populate(&staging, &plan, &p);
+        let registered = reg
+            .join()
+            .unwrap_or_else(|_| Err(Error::HostMsg("the registration thread panicked".into())));
+        (mirrored, registered)
+    });
+    let mirrored = mirrored?;
+    registered?;
+    let read_ahead = plan.read_ahead_list();
+    let store_usage = plan.store_usage();
+    drop(plan);
+    log::debug!(
+        "store paths staged: {} files linked, {} copied ({} bytes)",
+        mirrored.linked,
+        mirrored.copied,
+        mirrored.copied_bytes
+    );
     cmd::check_interrupted()?;
-    stage::register(&staging, &system, &closure, time, &mut p)?;
     stage::write_extras(
         &staging,
         &stage::Extras {
@@ -414,7 +464,7 @@ pub fn run(o: &Options) -> Result<(), Error> {
     )?;
     stage::normalise(&staging, time)?;
     cmd::check_interrupted()?;
-    let usage = stage::usage(&staging.root())?;
+    let usage = stage::usage(&staging.root(), store_usage)?;
     if !fits(layout.size, &usage) {
         return Err(too_small(o, &usage));
     }
@@ -431,28 +481,51 @@ pub fn run(o: &Options) -> Result<(), Error> {
         .set_len(o.size)
         .map_err(|e| Error::host("sizing the image", e))?;
     fs::write_table(tmp.as_file_mut(), o.table, o.size, &sub_seed(&seed, "partition table"))?;
+    let root = staging.root();
     let mk = fs::Mkfs {
         image: tmp.path(),
         layout,
         label: &o.label,
         uuid: uuid(&seed),
         hash_seed: uuid(&sub_seed(&seed, "hash seed")),
-        root: &staging.root(),
+        root: &root,
         time,
     };
-    if let Err(e) = fs::mkfs(&mk, &mut p) {
+    // While mke2fs runs, one thread reads ahead of it in the host store
+    // (`stage::read_ahead`), another has the kernel write the image out
+    // behind it (`fs::write_behind`).
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let made = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (files, done) = (&read_ahead, &done);
+        s.spawn(move || stage::read_ahead(files, &rx, done));
+        let image = tmp.path();
+        s.spawn(move || fs::write_behind(image, &layout, done));
+        let r = fs::mkfs(&mk, &mut p, &mut |pid| {
+            let _ = tx.send(pid);
+        });
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(tx);
+        r
+    });
+    drop(read_ahead);
+    if let Err(e) = made {
         if fs::is_out_of_space(&e.to_string()) {
             return Err(too_small(o, &usage));
         }
         return Err(e);
     }
+    // mke2fs is done with the staging tree: remove it while the
+    // filesystem is finished (dropped on an error: waits until it is gone).
+    let removal = staging.remove_in_background();
     cmd::check_interrupted()?;
-    fs::fix_inodes(tmp.path(), &layout, time, &staging.scratch("owners.debugfs"), &mut p)?;
+    fs::fix_inodes(tmp.path(), &layout, time, &mut p)?;
+    fs::enable_checksums(tmp.path(), &layout, time, &mut p)?;
     fs::index(tmp.path(), &layout, time, &mut p)?;
-    // Before the fsync: whatever of a copied closure is still only in the
+    // Before the fsync: whatever of the copied files is still only in the
     // page cache is then never written to disk.
     p.stage("cleanup: removing the staging tree", None);
-    drop(staging);
+    removal.wait();
     p.stage("sync: writing the image to disk", None);
     tmp.as_file()
         .sync_all()

@@ -32,11 +32,7 @@ impl Progress {
         self.stage = what.to_owned();
         self.started = Instant::now();
         if !self.tty {
-            let msg = split(what).1;
-            match total {
-                Some(n) => log::info!("{msg} ({n} store paths)"),
-                None => log::info!("{msg}"),
-            }
+            log::info!("{}", split(what).1);
             return;
         }
         let bar = match total {
