@@ -476,7 +476,7 @@ fn send_file(fs: &GuestFs, path: &str, cap: u64, len: u64, tag: Tag, out: &mut d
             cap: len,
         }))
     };
-    let send = |out: &mut dyn Write, payload: &[u8]| {
+    let send = |out: &mut dyn Write, tag: Tag, payload: &[u8]| {
         ipc::write_frame(out, tag, payload).map_err(|e| Error::host("sending file data", e))
     };
     if let Some((actual, runs)) = fs.data_runs(path.as_bytes(), cap)? {
@@ -484,11 +484,7 @@ fn send_file(fs: &GuestFs, path: &str, cap: u64, len: u64, tag: Tag, out: &mut d
             return Err(too_large(actual));
         }
         for r in runs {
-            let run = ipc::Run {
-                disk_offset: r.disk_offset,
-                len: r.len,
-            };
-            ipc::write_frame(out, tag.runs(), &run.encode()).map_err(|e| Error::host("sending file data", e))?;
+            send(out, tag.runs(), &r.encode())?;
         }
         return Ok(());
     }
@@ -505,7 +501,7 @@ fn send_file(fs: &GuestFs, path: &str, cap: u64, len: u64, tag: Tag, out: &mut d
             path: escape(path.as_bytes()),
             source: e,
         })?;
-        send(out, dst)?;
+        send(out, tag, dst)?;
         left = left.saturating_sub(u64::try_from(want).unwrap_or(u64::MAX));
     }
     Ok(())

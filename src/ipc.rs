@@ -89,16 +89,13 @@ impl Tag {
 }
 
 /// The next `len` bytes of a file are the disk's bytes at `disk_offset`
-/// (absolute), or zeros. 16 bytes on the wire: offset (`u64::MAX` for
-/// zeros) and length, little-endian. The parent checks the range against
-/// the disk: the child can only make it copy bytes of the guest's own disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Run {
-    /// Absolute byte offset on the disk, or `None` for zeros.
-    pub disk_offset: Option<u64>,
-    /// Length in bytes.
-    pub len: u64,
-}
+/// (absolute), or zeros: the range [`GuestFs::data_runs`] found. 16 bytes
+/// on the wire: offset (`u64::MAX` for zeros) and length, little-endian.
+/// The parent checks the range against the disk: the child can only make
+/// it copy bytes of the guest's own disk.
+///
+/// [`GuestFs::data_runs`]: crate::guestfs::GuestFs::data_runs
+pub use crate::guestfs::Run;
 
 impl Run {
     /// The wire form.

@@ -499,6 +499,14 @@ fn parent_and_name(path: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
+/// The 1024-byte superblock of the filesystem in `window`, checked.
+fn read_superblock(window: &Window) -> Result<Vec<u8>, FsError> {
+    let mut sb = vec![0u8; 1024];
+    window.read_exact_at(1024, &mut sb).map_err(|_| FsError::NotExt4)?;
+    precheck_superblock(&sb, window.len())?;
+    Ok(sb)
+}
+
 fn load_view(window: &Window, sb: &[u8]) -> Result<Ext4, FsError> {
     match Ext4::load(Box::new(window.clone())) {
         Ok(fs) => Ok(fs),
@@ -517,9 +525,7 @@ fn load_view(window: &Window, sb: &[u8]) -> Result<Ext4, FsError> {
 impl GuestFs {
     /// Check and load the filesystem in `window`.
     pub fn open(window: Window) -> Result<GuestFs, FsError> {
-        let mut sb = vec![0u8; 1024];
-        window.read_exact_at(1024, &mut sb).map_err(|_| FsError::NotExt4)?;
-        precheck_superblock(&sb, window.len())?;
+        let sb = read_superblock(&window)?;
         let view = std::cell::OnceCell::new();
         let raw = match Raw::new(window.clone(), &sb) {
             Ok(r) => Some(r),
@@ -542,9 +548,7 @@ impl GuestFs {
     /// Open the filesystem in `window` with ext4-view alone (the reference
     /// reader): for tests that check both readers agree, and for fuzzing.
     pub fn open_with_ext4_view(window: Window) -> Result<GuestFs, FsError> {
-        let mut sb = vec![0u8; 1024];
-        window.read_exact_at(1024, &mut sb).map_err(|_| FsError::NotExt4)?;
-        precheck_superblock(&sb, window.len())?;
+        let sb = read_superblock(&window)?;
         let view = std::cell::OnceCell::new();
         let _ = view.set(Some(load_view(&window, &sb)?));
         Ok(GuestFs {
