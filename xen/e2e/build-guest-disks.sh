@@ -10,6 +10,7 @@
 #                     toplevel and its initrd): what rebuild-switch imports into the disk
 #                     before scenario b, as `nixos-rebuild switch` brings a new system in.
 #   switch.env        for rebuild-switch: the partition's byte offset and system 2's path.
+#   nixos-split.img   system 1 again, /nix on its own partition (2), root on partition 1
 #   hostile.img       hand-made with `mke2fs -d` (MBR + ext4), the same shape with fake store
 #                     paths: generation 2 (current) has "x\u0000kernel /etc/shadow" in
 #                     boot.json's kernelParams, generation 1 a newline injection.
@@ -86,6 +87,24 @@ offset=$(sfdisk -d "$out/nixos.img" | sed -n 's/.*start= *\([0-9]*\),.*/\1/p' | 
 offset=$((offset * 512))
 [ "$offset" -gt 0 ] || { echo "build-guest-disks: no partition in nixos.img" >&2; exit 1; }
 
+# nixos-split.img: the same system 1 with /nix on its own partition (impermanence, tmpfs
+# roots): partition 1 a small root filesystem whose /nix is an empty mount point, partition 2
+# the guest's /nix (its root holds store/ and var/nix/), made from nixos.img's /nix.
+psize=$(sfdisk -d "$out/nixos.img" | sed -n 's/.*size= *\([0-9]*\),.*/\1/p' | head -1)
+dd if="$out/nixos.img" of="$work/nixos-fs.img" bs=512 skip=$((offset / 512)) count="$psize" status=none
+mkdir -p "$work/split-nix" "$work/split-root/nix" "$work/split-root/etc"
+debugfs -R "rdump /nix $work/split-nix" "$work/nixos-fs.img" 2>/dev/null
+printf '/dev/xvda2 /nix ext4 defaults 0 2\n' > "$work/split-root/etc/fstab"
+rm -f "$work/nixos-fs.img" "$out/nixos-split.img"
+nix_kib=$(du -sk "$work/split-nix/nix" | cut -f1)
+nix_kib=$((nix_kib + nix_kib / 2 + 8192))
+truncate -s $(((8192 + 1024 + nix_kib + 1024) * 1024)) "$out/nixos-split.img"
+printf 'label: dos\nstart=2048, size=16384, type=83, bootable\nstart=18432, type=83\n' |
+  sfdisk -q "$out/nixos-split.img"
+mke2fs -q -t ext4 -b 4096 -L root -E offset=1048576 -d "$work/split-root" "$out/nixos-split.img" 8192k
+mke2fs -q -t ext4 -b 4096 -L nix -E offset=$((18432 * 512)) -d "$work/split-nix/nix" "$out/nixos-split.img" "${nix_kib}k"
+rm -rf "$work/split-nix" "$work/split-root"
+
 # system 2: the store paths system 1's closure lacks, in nix-store --export's format (the one
 # nix-copy-closure used), ready for nix-store --import into the disk's store.
 mapfile -t new_paths < <(LC_ALL=C comm -13 <(nix-store -qR "$G1" | LC_ALL=C sort) \
@@ -139,4 +158,4 @@ truncate -s $(((kib + 1024) * 1024)) "$out/hostile.img"
 printf 'label: dos\nstart=2048, type=83, bootable\n' | sfdisk -q "$out/hostile.img"
 mke2fs -q -t ext4 -b 4096 -L nixos -E offset=1048576 -d "$t" "$out/hostile.img" "${kib}k"
 
-ls -l "$out/nixos.img" "$out/system-2.closure" "$out/hostile.img"
+ls -l "$out"/*.img "$out/system-2.closure"

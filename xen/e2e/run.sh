@@ -16,6 +16,7 @@
 #        E2E_VERBOSE=1      stream the whole serial console, not just the key lines
 #        E2E_LOG=file       copy the timestamped serial log there
 #        E2E_KEEP=1         keep the temporary work directory
+#        E2E_CPU=model      QEMU's -cpu (default qemu64); PVH needs SVM: qemu64,+svm,+npt
 # Exit status: 0 if scenarios a-e all pass (f is informational), 1 otherwise.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -140,7 +141,7 @@ rm -f "$W/serial.fifo"
 mkfifo "$W/serial.fifo"
 python3 "$here/serial-log.py" "$log" ${E2E_VERBOSE:+all} < "$W/serial.fifo" &
 log_pid=$!
-timeout --foreground -k 10 "$(left)" qemu-system-x86_64 -accel tcg -cpu qemu64 -smp 2 -m 1536M \
+timeout --foreground -k 10 "$(left)" qemu-system-x86_64 -accel tcg -cpu "${E2E_CPU:-qemu64}" -smp 2 -m 1536M \
   -display none -monitor none -serial stdio -no-reboot \
   -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
   -kernel "$out/xen" -append "$xen_cmdline" \
@@ -203,7 +204,10 @@ refused() { # scn escaped-value
 }
 
 declare -A result
-for scn in a b c e1 e2 d; do
+SCENARIOS="a b c e1 e2 n p d"
+hvm=no
+has_re "^@@ \[dom0 [0-9.]+s\] XEN-VIRT-CAPS .*\bhvm\b" && hvm=yes
+for scn in $SCENARIOS; do
   if [ -n "${E2E_ONLY:-}" ] && [[ ",$E2E_ONLY," != *",$scn,"* ]]; then
     result[$scn]=SKIPPED
     continue
@@ -230,6 +234,21 @@ for scn in a b c e1 e2 d; do
       c)
         booted c 1 rollback
         need c "libxl passed --entry=1" has_re "^\[xl c\] .* bootloader arg: --entry=1\$"
+        ;;
+      n)
+        booted n 1 split
+        need n "nixboot found the system on partition 2, the guest's /nix" \
+          has_re "^\[blog n\] nixboot: booting .* from MBR partition 2 \(type 0x83, offset [0-9]+\), the guest's /nix: "
+        need n "the guest mounted partition 2 at /nix" has_line "[guest n] NIXBOOT-E2E-NIX-PARTITION xvda2"
+        ;;
+      p)
+        if [ "$hvm" = no ]; then
+          result[p]="INFO"
+          pvh_why="Xen reports no hvm in virt_caps under QEMU -cpu ${E2E_CPU:-qemu64}: no PVH domain can start"
+          continue
+        fi
+        booted p 2 pvh
+        need p "the guest runs as a PVH domain" has_re "^\[guest p\] NIXBOOT-E2E-HYPERVISOR xen PVH "
         ;;
       e1) refused e1 '"x\0kernel /etc/shadow"' ;;
       e2) refused e2 '"x\nramdisk /etc/shadow"' ;;
@@ -261,10 +280,11 @@ tag_at() { sed -nE "s/^\[ *([0-9.]+)\] \[$1\] .*($2).*/\1/p" "$log" | head -1; }
 span() { [ -n "$1" ] && [ -n "$2" ] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }' || echo "?"; }
 echo
 say "results:"
-for scn in a b c e1 e2 d; do
+for scn in $SCENARIOS; do
   printf '  %-3s %-7s %s\n' "$scn" "${result[$scn]}" "$(sed -n "s/^$scn  *[^ ]*  *[^ ]*  *//p" "$here/scenarios")"
 done
 printf '  %-3s %-7s %s\n' f INFO "pygrub on the NixOS disk: $pygrub"
+[ -z "${pvh_why:-}" ] || say "p: $pvh_why"
 for f in "${fails[@]}"; do say "FAILED check: $f"; done
 echo
 say "timings (host wall clock, $(nproc) CPUs, load average now $(cut -d' ' -f1-3 /proc/loadavg)):"
@@ -276,7 +296,7 @@ printf '  %-34s %7ss\n' "dom0 done -> QEMU exit" "$(span "$(at DOM0-DONE)" "$qem
 # it (exec -> exit); guest boot (xl create done -> the guest's first report line); guest
 # poweroff -> domain torn down
 printf '  %-12s %7s %7s %10s %10s %10s %9s\n' scenario total before "xl create" bootloader "guest boot" teardown
-for scn in a b c e1 e2 d f; do
+for scn in $SCENARIOS f; do
   s=$(at "SCENARIO-START $scn ")
   [ -n "$s" ] || continue
   b=$(at "BEFORE-EXIT $scn ")
