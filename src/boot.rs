@@ -104,11 +104,17 @@ pub fn open_system(src: Rc<dyn BlockSource>, offset: Option<u64>, want: &[u8]) -
             }
         };
         for tree in trees {
+            // "MBR partition 2 (…)", plus the tree when it is not the
+            // partition's only filesystem ("btrfs subvolume @nix (id 257)").
+            let place = match tree.kind() {
+                "ext4" => c.to_string(),
+                _ => format!("{c}, {}", tree.describe()),
+            };
             let root = GuestFs::new(tree.clone(), Mount::Root);
             match root.exists(want) {
                 Ok(true) => {
                     log::debug!("using the {} in {c}", root.describe());
-                    return Ok((root, format!("{c}")));
+                    return Ok((root, place));
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -121,7 +127,7 @@ pub fn open_system(src: Rc<dyn BlockSource>, offset: Option<u64>, want: &[u8]) -
                 want.starts_with(b"/nix/") && NIX_FS_MARKERS.iter().all(|m| nix.exists(m.as_bytes()).unwrap_or(false));
             if is_nix && nix.exists(want).unwrap_or(false) {
                 log::debug!("using the {} in {c}", nix.describe());
-                return Ok((nix, format!("{c}, the guest's /nix")));
+                return Ok((nix, format!("{place}, the guest's /nix")));
             }
             tried.push(format!("{c}: {} without {}", root.describe(), escape(want)));
         }

@@ -158,4 +158,68 @@ truncate -s $(((kib + 1024) * 1024)) "$out/hostile.img"
 printf 'label: dos\nstart=2048, type=83, bootable\n' | sfdisk -q "$out/hostile.img"
 mke2fs -q -t ext4 -b 4096 -L nixos -E offset=1048576 -d "$t" "$out/hostile.img" "${kib}k"
 
+# A plain NixOS-shaped tree in DIR, one generation N of a hand-made system (Debian's kernel,
+# initrd 1, parameters console=hvc0 loglevel=4 nixboot.gen=N); prints its toplevel.
+plain_tree() { # dir n tag
+  local t=$1 n=$2 g
+  g=$S/$(hash "$3-system-$n")-nixos-system-$3-24.11.$n
+  mkdir -p "$t$HK" "$t$HI1" "$t/nix/var/nix/profiles"
+  cp "$GUEST_KERNEL" "$t$HK/bzImage"
+  cp "$work/initrd-1" "$t$HI1/initrd"
+  toplevel "$t" "$g" "$n" "$HI1" "\"console=hvc0\",\"loglevel=4\",\"nixboot.gen=$n\"" "console=hvc0 loglevel=4 nixboot.gen=$n"
+  ln -s "$g" "$t/nix/var/nix/profiles/system-$n-link"
+  ln -s "system-$n-link" "$t/nix/var/nix/profiles/system"
+  echo "$g"
+}
+
+# btrfs.img: GPT, one btrfs partition laid out as the NixOS manual's install guides do:
+# subvolumes @ (the root; its nix/ an empty mount point) and @nix (the guest's /nix), the
+# store written with compress-force=zstd. Generation 7. Needs root, loop devices and btrfs.
+GB=$(plain_tree "$work/btrfs-tree" 7 btrfs)
+rm -f "$out/btrfs.img"
+truncate -s 128M "$out/btrfs.img"
+printf 'label: gpt\nstart=2048, type=0FC63DAF-8483-4772-8E79-3D69DE477C4D\n' | sfdisk -q "$out/btrfs.img"
+# (a loop device over the partition itself: partition device nodes need udev)
+loop=$(losetup -f --show -o 1048576 "$out/btrfs.img")
+mnt=$work/btrfs-mnt
+mkdir -p "$mnt"
+{
+  mkfs.btrfs -q -f -L nixos "$loop" >/dev/null &&
+    mount "$loop" "$mnt" &&
+    btrfs -q subvolume create "$mnt/@" && btrfs -q subvolume create "$mnt/@nix" &&
+    mkdir -p "$mnt/@/nix" "$mnt/@/etc" && umount "$mnt" &&
+    mount -o subvol=@nix,compress-force=zstd "$loop" "$mnt" &&
+    cp -a "$work/btrfs-tree/nix/." "$mnt/" && umount "$mnt"
+} || { umount "$mnt" 2>/dev/null; losetup -d "$loop"; echo "build-guest-disks: cannot build btrfs.img" >&2; exit 1; }
+losetup -d "$loop"
+rm -rf "$work/btrfs-tree"
+
+# lvm.img: MBR, partition 1 an LVM2 physical volume (type 8e) of volume group nbe2e, whose
+# linear logical volume root holds the NixOS ext4 (generation 8). LVM runs on a loop device
+# with a private configuration; the volume is created inactive and the filesystem written to
+# its extents where LVM reports them, so no device-mapper or udev is involved.
+GL=$(plain_tree "$work/lvm-tree" 8 lvm)
+rm -f "$out/lvm.img"
+truncate -s 64M "$out/lvm.img"
+printf 'label: dos\nstart=2048, type=8e\n' | sfdisk -q "$out/lvm.img"
+export LVM_SYSTEM_DIR=$work/lvm-conf LVM_SUPPRESS_FD_WARNINGS=1
+mkdir -p "$LVM_SYSTEM_DIR"
+# (global/activation = 0: LVM never touches device-mapper, which a CI sandbox may lack)
+printf 'devices {\n filter = [ "a|^/dev/loop|", "r|.*|" ]\n obtain_device_list_from_udev = 0\n use_devicesfile = 0\n}\nglobal {\n activation = 0\n}\nbackup {\n backup = 0\n archive = 0\n}\n' > "$LVM_SYSTEM_DIR/lvm.conf"
+loop=$(losetup -f --show -o 1048576 "$out/lvm.img")
+pe_start= first_pe=
+if pvcreate -q "$loop" >/dev/null && vgcreate -q -s 1m nbe2e "$loop" >/dev/null &&
+  lvcreate -q -an -Zn -L 40m -n root nbe2e >/dev/null; then
+  pe_start=$(pvs --noheadings --units b --nosuffix -o pe_start "$loop" | tr -d ' ')
+  first_pe=$(lvs --noheadings -o seg_pe_ranges nbe2e/root | sed 's/.*:\([0-9]*\)-.*/\1/' | tr -d ' ')
+fi
+losetup -d "$loop"
+unset LVM_SYSTEM_DIR LVM_SUPPRESS_FD_WARNINGS
+case $pe_start$first_pe in
+  '' | *[!0-9]*) echo "build-guest-disks: cannot build lvm.img (pe_start=$pe_start first_pe=$first_pe)" >&2; exit 1 ;;
+esac
+mke2fs -q -t ext4 -b 4096 -L nixos -E offset=$((1048576 + pe_start + first_pe * 1048576)) \
+  -d "$work/lvm-tree" "$out/lvm.img" 40m
+rm -rf "$work/lvm-tree"
+printf 'GB=%s\nGL=%s\n' "$GB" "$GL" >> "$out/expect.env"
 ls -l "$out"/*.img "$out/system-2.closure"

@@ -130,8 +130,9 @@ if start < 0:
 open(sys.argv[2], "wb").write(lzma.LZMADecompressor().decompress(data[start:]))
 EOF
 # dom0_mem: the initramfs (~72 MB packed, with Nix and its libraries for rebuild-switch) must
-# unpack (~145 MB) beside itself and the kernel's early reservations; 512M is too little
-xen_cmdline="dom0_mem=768M,max:768M dom0_max_vcpus=2 bootscrub=0 console=com1 com1=115200,8n1"
+# unpack (~145 MB) beside itself and the kernel's early reservations; 512M is too little. The
+# guest disks ride in it too (sparse on the host, ~300 MB unpacked: btrfs, LVM, split /nix)
+xen_cmdline="dom0_mem=1280M,max:1280M dom0_max_vcpus=2 bootscrub=0 console=com1 com1=115200,8n1"
 xen_cmdline="$xen_cmdline loglvl=all guest_loglvl=all noreboot"
 # QEMU -initrd separates modules with ',': the dom0 command line must not contain one
 only=${E2E_ONLY:+e2e.only=$(echo "$E2E_ONLY" | tr ',' ':')}
@@ -141,7 +142,7 @@ rm -f "$W/serial.fifo"
 mkfifo "$W/serial.fifo"
 python3 "$here/serial-log.py" "$log" ${E2E_VERBOSE:+all} < "$W/serial.fifo" &
 log_pid=$!
-timeout --foreground -k 10 "$(left)" qemu-system-x86_64 -accel tcg -cpu "${E2E_CPU:-qemu64}" -smp 2 -m 1536M \
+timeout --foreground -k 10 "$(left)" qemu-system-x86_64 -accel tcg -cpu "${E2E_CPU:-qemu64}" -smp 2 -m 2048M \
   -display none -monitor none -serial stdio -no-reboot \
   -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
   -kernel "$out/xen" -append "$xen_cmdline" \
@@ -194,6 +195,14 @@ booted() { # scn gen extra
     has_line "[guest $1] NIXBOOT-E2E-STAGE2 generation=$2 toplevel=$g"
   dom0_clean "$1"
 }
+plain_booted() { # scn gen toplevel extra: a hand-made NixOS disk (initrd 1, no stage 2 mount)
+  need "$1" "xl create succeeded" has_re "^@@ \[dom0 [0-9.]+s\] XL-CREATE-EXIT $1 rc=0 "
+  need "$1" "libxl ran nixboot" has_re "^\[xl $1\] .*executing bootloader: /usr/bin/nixboot\$"
+  need "$1" "the guest booted generation $2" has_line "[guest $1] NIXBOOT-E2E-BOOTED gen=$2 initrd=initrd-1 init=$3/init"
+  need "$1" "the guest's command line is init= + kernelParams + extra=" \
+    has_line "[guest $1] NIXBOOT-E2E-CMDLINE init=$3/init console=hvc0 loglevel=4 nixboot.gen=$2 nixboot.e2e.extra=$4"
+  dom0_clean "$1"
+}
 refused() { # scn escaped-value
   need "$1" "xl create failed" has_re "^@@ \[dom0 [0-9.]+s\] XL-CREATE-EXIT $1 rc=[1-9][0-9]* "
   need "$1" "libxl reported the bootloader failure" has_re "^\[xl $1\] .*bootloader failed - consult logfile"
@@ -204,7 +213,7 @@ refused() { # scn escaped-value
 }
 
 declare -A result
-SCENARIOS="a b c e1 e2 n p d"
+SCENARIOS="a b c e1 e2 n k l p d"
 hvm=no
 has_re "^@@ \[dom0 [0-9.]+s\] XEN-VIRT-CAPS .*\bhvm\b" && hvm=yes
 for scn in $SCENARIOS; do
@@ -240,6 +249,16 @@ for scn in $SCENARIOS; do
         need n "nixboot found the system on partition 2, the guest's /nix" \
           has_re "^\[blog n\] nixboot: booting .* from MBR partition 2 \(type 0x83, offset [0-9]+\), the guest's /nix: "
         need n "the guest mounted partition 2 at /nix" has_line "[guest n] NIXBOOT-E2E-NIX-PARTITION xvda2"
+        ;;
+      k)
+        plain_booted k 7 "$GB" btrfs
+        need k "nixboot read the btrfs subvolume @nix as the guest's /nix" \
+          has_re "^\[blog k\] nixboot: booting .* from GPT partition 1 \(offset 1048576\), btrfs subvolume @nix .*the guest's /nix: "
+        ;;
+      l)
+        plain_booted l 8 "$GL" lvm
+        need l "nixboot found the system in the logical volume" \
+          has_re "^\[blog l\] nixboot: booting .* from LVM logical volume nbe2e/root "
         ;;
       p)
         if [ "$hvm" = no ]; then
