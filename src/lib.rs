@@ -21,6 +21,10 @@ pub mod error;
 pub mod fixtures;
 #[doc(hidden)]
 pub mod fuzzing;
+/// Guest filesystems other than ext4 (until the `fs` layer lands on main).
+pub mod fs {
+    pub mod btrfs;
+}
 pub mod guestfs;
 pub mod image;
 pub mod ipc;
