@@ -117,7 +117,7 @@ fn walk_reader(sv: &Subvol, image: &Path, sort: bool) -> BTreeMap<Vec<u8>, Seen>
     while let Some(dir) = todo.pop() {
         let st = sv.lstat(&dir).unwrap();
         let mut names = Vec::new();
-        sv.read_dir(&dir, true, &mut |name, kind, meta| {
+        sv.read_dir(&dir, true, &|e| e, &mut |name, kind, meta| {
             let m = meta.unwrap();
             assert_eq!(m.kind, kind);
             names.push((name.to_vec(), m));

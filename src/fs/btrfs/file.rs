@@ -421,6 +421,13 @@ impl FileReader {
     }
 }
 
+impl crate::fs::FileReader for FileReader {
+    fn seek_to(&mut self, pos: u64) -> io::Result<()> {
+        self.pos = pos;
+        Ok(())
+    }
+}
+
 impl Read for FileReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.fill(buf).map_err(io::Error::other)

@@ -46,6 +46,7 @@ use csum::CsumType;
 use tree::{Budget, Expect, Key, Node, NodeSource, Root};
 
 use crate::bytes::{le16, le32, le64};
+use crate::fs::{EachEntry, FileSystem, FsError, GuestFile, Kind as FsKind, Meta, Run, wrong_type};
 use crate::disk::Window;
 use crate::error::escape;
 use crate::limits::{MAX_BTRFS_CACHED_NODES, MAX_BTRFS_SUBVOLS, MAX_DIR_ENTRIES, MAX_PATH_LEN};
@@ -957,48 +958,24 @@ impl Subvol {
 
     /// Call `each(name, kind, stat)` for every entry of directory `path`
     /// in DIR_INDEX order (what `readdir` returns), at most
-    /// [`MAX_DIR_ENTRIES`]; `stat` is read when `with_stat`.
-    pub fn read_dir(
+    /// [`MAX_DIR_ENTRIES`]; `stat` is read when `with_stat`. `conv` turns
+    /// this reader's errors into the callback's.
+    pub fn read_dir<E>(
         &self,
         path: &[u8],
         with_stat: bool,
-        each: &mut dyn FnMut(&[u8], Kind, Option<Stat>) -> Result<(), BtrfsError>,
-    ) -> Result<(), BtrfsError> {
-        let (loc, stat) = self.resolve(path)?;
+        conv: &dyn Fn(BtrfsError) -> E,
+        each: &mut dyn FnMut(&[u8], Kind, Option<Stat>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let (loc, stat) = self.resolve(path).map_err(conv)?;
         if stat.kind != Kind::Dir {
-            return Err(BtrfsError::NotDir(escape(path)));
+            return Err(conv(BtrfsError::NotDir(escape(path))));
         }
         let Loc::Inode(sv, ino) = loc else { return Ok(()) };
-        let mut entries: Vec<(Vec<u8>, Kind, Key)> = Vec::new();
-        let mut budget = Budget::new();
-        let lo = Key::new(ino, DIR_INDEX, 0);
-        let hi = Key::new(ino, DIR_INDEX, u64::MAX);
-        let cap = usize::try_from(MAX_DIR_ENTRIES).unwrap_or(usize::MAX);
-        let mut over = false;
-        tree::scan(&*self.vol, sv.root, lo, hi, &mut budget, &mut |k, d| {
-            for_each_dir_entry(k, d, &mut |e| {
-                if entries.len() >= cap {
-                    over = true;
-                    return ControlFlow::Break(());
-                }
-                entries.push((e.name.to_vec(), kind_of_ft(e.ty), e.location));
-                ControlFlow::Break(())
-            })?;
-            Ok(if over {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            })
-        })?;
-        if over {
-            return Err(BtrfsError::TooMany {
-                what: "directory entries",
-                cap,
-            });
-        }
+        let entries = self.dir_entries(sv, ino).map_err(conv)?;
         for (name, kind, location) in entries {
             let st = if with_stat {
-                Some(self.stat_loc(self.follow(sv, location)?)?)
+                Some(self.follow(sv, location).and_then(|l| self.stat_loc(l)).map_err(conv)?)
             } else {
                 None
             };
@@ -1006,6 +983,35 @@ impl Subvol {
             each(&name, kind, st)?;
         }
         Ok(())
+    }
+
+    /// The DIR_INDEX entries of directory `ino` of `sv`: name, kind from
+    /// the entry, where it points.
+    fn dir_entries(&self, sv: SubvolRoot, ino: u64) -> Result<Vec<(Vec<u8>, Kind, Key)>, BtrfsError> {
+        let mut entries: Vec<(Vec<u8>, Kind, Key)> = Vec::new();
+        let mut budget = Budget::new();
+        let lo = Key::new(ino, DIR_INDEX, 0);
+        let hi = Key::new(ino, DIR_INDEX, u64::MAX);
+        let cap = usize::try_from(MAX_DIR_ENTRIES).unwrap_or(usize::MAX);
+        tree::scan(&*self.vol, sv.root, lo, hi, &mut budget, &mut |k, d| {
+            let mut over = false;
+            for_each_dir_entry(k, d, &mut |e| {
+                if entries.len() >= cap {
+                    over = true;
+                } else {
+                    entries.push((e.name.to_vec(), kind_of_ft(e.ty), e.location));
+                }
+                ControlFlow::Break(())
+            })?;
+            if over {
+                return Err(BtrfsError::TooMany {
+                    what: "directory entries",
+                    cap,
+                });
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
+        Ok(entries)
     }
 
     /// The target of the symlink at `path` (its inline extent).
@@ -1048,6 +1054,88 @@ impl Subvol {
             return Err(BtrfsError::NotFound(escape(path)));
         }
         Ok(Rc::new(file::FileMap::load(&self.vol, sv, ino, stat.len)?))
+    }
+}
+
+fn fs_err(path: &[u8], e: BtrfsError) -> FsError {
+    match e {
+        BtrfsError::NotFound(p) | BtrfsError::NotDir(p) => FsError::NotFound(p),
+        e => FsError::Btrfs {
+            path: escape(path),
+            source: e,
+        },
+    }
+}
+
+fn fs_kind(k: Kind) -> FsKind {
+    match k {
+        Kind::File => FsKind::File,
+        Kind::Dir => FsKind::Dir,
+        Kind::Symlink => FsKind::Symlink,
+        Kind::Special => FsKind::Special,
+    }
+}
+
+fn meta_of(s: Stat) -> Meta {
+    Meta {
+        kind: fs_kind(s.kind),
+        len: s.len,
+        mtime: s.mtime,
+        ino: Some(s.ino),
+    }
+}
+
+impl FileSystem for Subvol {
+    fn kind(&self) -> &'static str {
+        "btrfs"
+    }
+
+    fn describe(&self) -> String {
+        Subvol::describe(self)
+    }
+
+    fn uuid(&self) -> Option<[u8; 16]> {
+        Some(self.vol.sb.fsid)
+    }
+
+    fn label(&self) -> Option<Vec<u8>> {
+        let l = &self.vol.sb.label;
+        (!l.is_empty()).then(|| l.clone())
+    }
+
+    fn lstat(&self, path: &[u8]) -> Result<Meta, FsError> {
+        Subvol::lstat(self, path).map(meta_of).map_err(|e| fs_err(path, e))
+    }
+
+    fn read_link(&self, path: &[u8], _meta: &Meta) -> Result<Vec<u8>, FsError> {
+        Subvol::read_link(self, path).map_err(|e| fs_err(path, e))
+    }
+
+    fn open(&self, path: &[u8], meta: &Meta) -> Result<GuestFile<'_>, FsError> {
+        if meta.kind != FsKind::File {
+            return Err(wrong_type(path, meta.kind, "regular file"));
+        }
+        let map = self.file_map(path).map_err(|e| fs_err(path, e))?;
+        Ok(GuestFile(Box::new(map.reader())))
+    }
+
+    fn data_runs(&self, path: &[u8], meta: &Meta) -> Result<Option<Vec<Run>>, FsError> {
+        if meta.kind != FsKind::File {
+            return Err(wrong_type(path, meta.kind, "regular file"));
+        }
+        let map = self.file_map(path).map_err(|e| fs_err(path, e))?;
+        Ok(map.data_runs().map(|runs| {
+            runs.into_iter()
+                .map(|(disk_offset, len)| Run { disk_offset, len })
+                .collect()
+        }))
+    }
+
+    fn read_dir(&self, path: &[u8], _meta: &Meta, with_meta: bool, each: &mut EachEntry<'_>) -> Result<(), FsError> {
+        let conv = |e| fs_err(path, e);
+        Subvol::read_dir(self, path, with_meta, &conv, &mut |name, kind, st| {
+            each(name, fs_kind(kind), st.map(meta_of))
+        })
     }
 }
 
