@@ -429,3 +429,222 @@ fn btrfs_subvolumes_match_kernel() {
     let nix = subvols.iter().find(|s| s.path() == b"@nix").unwrap();
     assert_eq!(nix.read_link(b"/var/nix/profiles/system").unwrap(), b"system-1-link");
 }
+
+// ---------------------------------------------------------------------------
+// Hostile: patched mkfs images
+
+const SB: usize = 0x10000;
+
+fn crc32c(b: &[u8]) -> u32 {
+    crc::Crc::<u32>::new(&crc::CRC_32_ISCSI).checksum(b)
+}
+
+fn resum_super(img: &mut [u8]) {
+    let c = crc32c(&img[SB + 32..SB + 4096]);
+    img[SB..SB + 4].copy_from_slice(&c.to_le_bytes());
+}
+
+fn resum_node(img: &mut [u8], start: usize, nodesize: usize) {
+    let c = crc32c(&img[start + 32..start + nodesize]);
+    img[start..start + 4].copy_from_slice(&c.to_le_bytes());
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+/// Every copy of the leaf holding `key` (the image is scanned for nodes
+/// of this filesystem): node start and the item's data range in the image.
+fn find_item(img: &[u8], nodesize: usize, objectid: u64, ty: u8, offset: u64) -> Vec<(usize, usize, usize)> {
+    let fsid = &img[SB + 0x20..SB + 0x30];
+    let mut out = Vec::new();
+    for start in (0..img.len() - nodesize).step_by(nodesize) {
+        let n = &img[start..start + nodesize];
+        if &n[0x20..0x30] != fsid || n[0x64] != 0 || start == SB {
+            continue;
+        }
+        let count = u32::from_le_bytes(n[0x60..0x64].try_into().unwrap()) as usize;
+        for i in 0..count.min((nodesize - 101) / 25) {
+            let at = 101 + i * 25;
+            if le64(n, at) == objectid && n[at + 8] == ty && le64(n, at + 9) == offset {
+                let off = u32::from_le_bytes(n[at + 17..at + 21].try_into().unwrap()) as usize + 101;
+                let size = u32::from_le_bytes(n[at + 21..at + 25].try_into().unwrap()) as usize;
+                out.push((start, start + off, start + off + size));
+            }
+        }
+    }
+    out
+}
+
+/// A default mkfs image (DUP metadata, 16 KiB nodes) of the test tree.
+fn hostile_base(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let tree = dir.join("tree");
+    fs::create_dir(&tree).unwrap();
+    write_tree(&tree);
+    let img = mkfs_rootdir(dir, &tree, &[]);
+    let bytes = fs::read(&img).unwrap();
+    (img, bytes)
+}
+
+/// Open the patched image and read everything; the first error, and
+/// how long it took.
+fn try_all(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    fs::write(path, bytes).unwrap();
+    let t = Instant::now();
+    let r = (|| -> Result<(), BtrfsError> {
+        for sv in open(path)? {
+            let mut todo = vec![b"/".to_vec()];
+            while let Some(d) = todo.pop() {
+                let mut ents = Vec::new();
+                sv.read_dir(&d, true, &|e| e, &mut |n, k, _| {
+                    ents.push((join(&d, n), k));
+                    Ok(())
+                })?;
+                for (p, k) in ents {
+                    match k {
+                        Kind::Dir => todo.push(p),
+                        Kind::File => {
+                            sv.file_map(&p)?.read_all(1 << 30)?;
+                        }
+                        Kind::Symlink => {
+                            sv.read_link(&p)?;
+                        }
+                        Kind::Special => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    })();
+    assert!(t.elapsed().as_secs() < 10, "took {:?}", t.elapsed());
+    r.map_err(|e| e.to_string())
+}
+
+#[test]
+fn btrfs_hostile_chunk_maps() {
+    if !have(&["mkfs.btrfs"]) {
+        return;
+    }
+    let dir = tempdir("btrfs-hostile");
+    let (_, base) = hostile_base(dir.path());
+    let path = dir.path().join("patched.img");
+    try_all(&path, &base).unwrap();
+    // The first sys_chunk_array entry: key (17 bytes), then the chunk.
+    let arr = SB + 0x32b;
+    let chunk = arr + 17;
+    let patch = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = base.clone();
+        f(&mut b);
+        resum_super(&mut b);
+        try_all(&path, &b).unwrap_err()
+    };
+    let e = patch(&|b| b[chunk + 24..chunk + 32].copy_from_slice(&(2u64 | 16).to_le_bytes()));
+    assert!(e.contains("RAID profile"), "{e}");
+    let e = patch(&|b| b[chunk + 48 + 8..chunk + 48 + 16].copy_from_slice(&(1u64 << 50).to_le_bytes()));
+    assert!(e.contains("past the end"), "{e}");
+    let e = patch(&|b| b[chunk..chunk + 8].copy_from_slice(&(1u64 << 60).to_le_bytes()));
+    assert!(e.contains("past the end"), "{e}");
+    let e = patch(&|b| b[chunk + 48..chunk + 56].copy_from_slice(&7u64.to_le_bytes()));
+    assert!(e.contains("device 7"), "{e}");
+    // The entry twice, the copy one sector longer: overlapping chunks.
+    let e = patch(&|b| {
+        let size = u32::from_le_bytes(b[SB + 0xa0..SB + 0xa4].try_into().unwrap()) as usize;
+        let entry = b[arr..arr + size].to_vec();
+        b[arr + size..arr + size + entry.len()].copy_from_slice(&entry);
+        let len = le64(&entry, 17) + 4096;
+        b[arr + size + 17..arr + size + 25].copy_from_slice(&len.to_le_bytes());
+        b[SB + 0xa0..SB + 0xa4].copy_from_slice(&u32::try_from(size + entry.len()).unwrap().to_le_bytes());
+    });
+    assert!(e.contains("overlaps"), "{e}");
+    let e = patch(&|b| b[SB + 0xa0..SB + 0xa4].copy_from_slice(&4000u32.to_le_bytes()));
+    assert!(e.contains("sys_chunk_array"), "{e}");
+    // A bad superblock checksum, another checksum type, two devices.
+    let mut b = base.clone();
+    b[SB + 0x100] ^= 1;
+    assert!(try_all(&path, &b).unwrap_err().contains("checksum"));
+    let e = patch(&|b| b[SB + 0xc4] = 9);
+    assert!(e.contains("checksum type 9"), "{e}");
+    let e = patch(&|b| b[SB + 0x88] = 2);
+    assert!(e.contains("2 devices"), "{e}");
+}
+
+#[test]
+fn btrfs_hostile_trees_and_extents() {
+    if !have(&["mkfs.btrfs"]) {
+        return;
+    }
+    let dir = tempdir("btrfs-hostile");
+    let (img, base) = hostile_base(dir.path());
+    let path = dir.path().join("patched.img");
+    let ns = 16384;
+    let sv = &open(&img).unwrap()[0];
+    let initrd = sv.lstat(b"/nix/store/abc-linux/initrd").unwrap().ino;
+    let root_dir = sv.lstat(b"/").unwrap().ino;
+    let vol = sv.volume();
+    let (root_copies, _) = vol.chunks().map(vol.superblock().root.bytenr).unwrap();
+    assert_eq!(root_copies.len(), 2, "DUP metadata: two copies of the root tree's root");
+
+    // The FS tree's root leaf made a level-1 node pointing at itself (the
+    // root item updated to match).
+    let mut b = base.clone();
+    let leaves = find_item(&b, ns, root_dir, 1, 0);
+    // Two live copies (DUP) and stale ones from mkfs's own transactions.
+    assert!(leaves.len() >= 2, "DUP metadata: two copies");
+    for (start, _, _) in &leaves {
+        let own = le64(&b, start + 0x30);
+        let n = &mut b[*start..*start + ns];
+        n[0x60..0x64].copy_from_slice(&1u32.to_le_bytes());
+        n[0x64] = 1;
+        n[101 + 17..101 + 25].copy_from_slice(&own.to_le_bytes());
+        resum_node(&mut b, *start, ns);
+    }
+    for (start, s, _) in find_item(&b, ns, 5, 132, 0) {
+        b[s + 238] = 1;
+        resum_node(&mut b, start, ns);
+    }
+    let e = try_all(&path, &b).unwrap_err();
+    assert!(e.contains("has level 1, expected 0"), "{e}");
+
+    // A leaf claiming 4 billion items.
+    let mut b = base.clone();
+    for (start, _, _) in find_item(&b, ns, root_dir, 1, 0) {
+        b[start + 0x60..start + 0x64].copy_from_slice(&u32::MAX.to_le_bytes());
+        resum_node(&mut b, start, ns);
+    }
+    let e = try_all(&path, &b).unwrap_err();
+    assert!(e.contains("more items than fit"), "{e}");
+
+    // A compressed extent claiming 4 GiB, and one whose extent is 2^40 bytes
+    // long in a 2^40-byte file.
+    let mut b = base.clone();
+    let found = find_item(&b, ns, initrd, 108, 0);
+    assert!(!found.is_empty());
+    for (start, s, _) in &found {
+        b[s + 8..s + 16].copy_from_slice(&(4u64 << 30).to_le_bytes());
+        b[s + 16] = 3;
+        resum_node(&mut b, *start, ns);
+    }
+    let e = try_all(&path, &b).unwrap_err();
+    assert!(e.contains("compressed extent of 4294967296 bytes"), "{e}");
+    let mut b = base.clone();
+    for (start, s, _) in find_item(&b, ns, initrd, 108, 0) {
+        b[s + 45..s + 53].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        resum_node(&mut b, start, ns);
+    }
+    for (start, s, _) in find_item(&b, ns, initrd, 1, 0) {
+        b[s + 16..s + 24].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        resum_node(&mut b, start, ns);
+    }
+    let e = try_all(&path, &b).unwrap_err();
+    assert!(e.contains("crosses a chunk boundary") || e.contains("over the"), "{e}");
+    // The root tree's root corrupt (checksum not recomputed): in one copy
+    // DUP's other copy is used; in both, a checksum error.
+    let mut b = base.clone();
+    let first = usize::try_from(root_copies[0]).unwrap();
+    b[first + 200] ^= 0xff;
+    try_all(&path, &b).unwrap();
+    let second = usize::try_from(root_copies[1]).unwrap();
+    b[second + 200] ^= 0xff;
+    let e = try_all(&path, &b).unwrap_err();
+    assert!(e.contains("checksum does not match"), "{e}");
+}
