@@ -14,6 +14,7 @@
 #![allow(unreachable_pub, reason = "helpers are shared between this binary's modules")]
 
 mod boot;
+mod btrfs;
 mod cli_compat;
 mod common;
 mod generations;
