@@ -13,7 +13,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 
 use crate::cmdline;
-use crate::disk::{BlockSource, Window};
+use crate::disk::BlockSource;
 use crate::error::{Error, GuestError, escape};
 use crate::guestfs::{FsError, GuestFile, GuestFs};
 use crate::ipc::{self, EntryRef, Listed, Listing, Plan, Tag};
@@ -77,10 +77,10 @@ pub struct Request {
 /// Find the filesystem to boot: the first ext4 candidate that holds the
 /// NixOS system profile (or, with `--kernel`, that holds that path).
 pub fn open_system(src: Rc<dyn BlockSource>, offset: Option<u64>, want: &[u8]) -> Result<(GuestFs, Candidate), Error> {
-    let candidates = part::candidates(src.as_ref(), offset)?;
+    let scan = part::scan(src.as_ref(), offset)?;
     let mut tried = Vec::new();
-    for c in candidates {
-        let Some(window) = Window::new(src.clone(), c.offset, c.len) else {
+    for c in scan.candidates {
+        let Some(window) = c.window(src.clone()) else {
             continue;
         };
         match GuestFs::open(window) {
@@ -96,6 +96,8 @@ pub fn open_system(src: Rc<dyn BlockSource>, offset: Option<u64>, want: &[u8]) -
             Err(e) => tried.push(format!("{c}: {e}")),
         }
     }
+    // LVM volumes that could not be read: named after what was tried.
+    tried.extend(scan.unusable.iter().map(ToString::to_string));
     let detail = if tried.is_empty() {
         "no partitions and no filesystem found".to_owned()
     } else {

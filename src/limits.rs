@@ -113,3 +113,29 @@ pub const MAX_INSTALLED_FILE: u64 = 64 * 1024;
 /// xendomains starting the next guest) longer than this. `--timeout`
 /// from dom0 is not bound by it.
 pub const MAX_GUEST_MENU_TIMEOUT: u64 = 60;
+
+/// Largest LVM2 text metadata read from one physical volume (4 MiB; LVM's
+/// default metadata area is 1 MiB and a VG's text is a few KiB).
+pub const MAX_LVM_METADATA: u64 = 4 * MIB;
+
+/// LVM2 physical volumes (labelled partitions or the whole disk) whose
+/// metadata is read on one disk.
+pub const MAX_LVM_PVS: usize = 32;
+
+/// Volume groups considered on one disk.
+pub const MAX_LVM_VGS: usize = 16;
+
+/// Logical volumes considered on one disk (all volume groups together).
+pub const MAX_LVM_LVS: usize = 1024;
+
+/// Segments of all logical volumes of one volume group together (a
+/// linear LV has one per contiguous run of extents).
+pub const MAX_LVM_SEGMENTS: usize = 4096;
+
+/// How deep `name { … }` sections may nest in LVM2 metadata (real metadata
+/// nests 4 deep: VG, `logical_volumes`, LV, segment).
+pub const MAX_LVM_NESTING: usize = 16;
+
+/// Settings, sections and array elements accepted in one LVM2 metadata
+/// text (a VG with a thousand LVs has ~30,000).
+pub const MAX_LVM_TOKENS: usize = 1 << 18;
