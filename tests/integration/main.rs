@@ -6,6 +6,9 @@
 //!   reads, and the copied bytes.
 //! * `cli_compat`: argv forms, exit codes, output formats, usage errors.
 //! * `generations`: the bootable check, fallback, `list`, the console menu.
+//! * `lvm`: guests on LVM2 logical volumes made by the real LVM tools on
+//!   loop devices (as root): linear in two segments boots, striped is a
+//!   clear error.
 //! * `hostile`: crafted images under an address-space cap: a clear error
 //!   or a safe result, quickly, never a crash, the image unchanged.
 
@@ -16,4 +19,5 @@ mod cli_compat;
 mod common;
 mod generations;
 mod hostile;
+mod lvm;
 mod readers;
