@@ -42,14 +42,27 @@ pub fn partitions(data: &[u8]) {
     let len = BlockSource::len(&img);
     if let Ok(cands) = part::candidates(&img, None) {
         assert!(
-            cands.len() <= MAX_PARTITIONS.saturating_add(1),
+            cands.len()
+                <= MAX_PARTITIONS
+                    .saturating_add(1)
+                    .saturating_add(crate::limits::MAX_LVM_LVS),
             "{} candidates",
             cands.len()
         );
         for c in &cands {
             assert!(c.len > 0, "empty candidate {c:?}");
-            let end = c.offset.checked_add(c.len).expect("candidate end overflows");
-            assert!(end <= len, "candidate {c:?} beyond the {len}-byte disk");
+            let ranges = if c.ranges.is_empty() {
+                vec![(c.offset, c.len)]
+            } else {
+                c.ranges.clone()
+            };
+            let mut sum = 0u64;
+            for (o, n) in ranges {
+                let end = o.checked_add(n).expect("candidate end overflows");
+                assert!(end <= len, "candidate {c:?} beyond the {len}-byte disk");
+                sum = sum.checked_add(n).expect("candidate length overflows");
+            }
+            assert_eq!(sum, c.len, "candidate {c:?}: ranges and length disagree");
             let _ = c.to_string();
             let _ = part::has_ext_magic(&img, c.offset);
         }
