@@ -295,3 +295,99 @@ fn striped_logical_volume_is_a_clear_error() {
     ]);
     assert_eq!(crate::common::fingerprint(&disk), before, "the disk image changed");
 }
+
+/// A thin pool and a thin LV next to a linear `root` holding the system.
+/// lvcreate cannot make thin pools without device-mapper, so the VG is
+/// dumped with `vgcfgbackup`, the pool, the thin LV and the pool's hidden
+/// data and metadata LVs are added to that text (in the layout `lvcreate
+/// --thin` writes), and `vgcfgrestore --force` validates it and writes it
+/// to the PV. nixboot boots `root` and names the thin LVs it skipped.
+#[test]
+fn thin_volumes_are_named_and_linear_root_boots() {
+    let Some(mut lvm) = Lvm::new("LVM on loop devices") else {
+        return;
+    };
+    if !have(&["vgcfgbackup", "vgcfgrestore"]) {
+        return;
+    }
+    let Some(img) = system_fs() else { return };
+    let fs_len = fs::metadata(&img.path).unwrap().len();
+    let mib = fs_len.div_ceil(1 << 20);
+    let dir = tempdir("nixboot-lvm-disk.");
+    let pv_mib = mib + 8;
+    let (disk, parts) = partitioned(
+        dir.path(),
+        &format!("label: dos\nstart=2048, size={}, type=8e\n", pv_mib * 2048),
+        2048 + pv_mib * 2048 + 2048,
+    );
+    let vg = vg_name("thin");
+    let pv = lvm.attach(&disk, parts[0].0, parts[0].1);
+    lvm.run(&["pvcreate", "-q", &pv]);
+    lvm.run(&["vgcreate", "-q", "-s", "1m", &vg, &pv]);
+    lvm.run(&[
+        "lvcreate",
+        "-q",
+        "-an",
+        "-Zn",
+        "-l",
+        &mib.to_string(),
+        "-n",
+        "root",
+        &vg,
+    ]);
+    let backup = dir.path().join("vg.txt");
+    lvm.run(&["vgcfgbackup", "-q", "-f", backup.to_str().unwrap(), &vg]);
+    let text = fs::read_to_string(&backup).unwrap();
+    let (p, q, r) = (mib, mib + 2, mib + 3);
+    let lv = |name: &str, id: char, visible: bool, seg: String| {
+        let status = if visible {
+            "\"READ\", \"WRITE\", \"VISIBLE\""
+        } else {
+            "\"READ\", \"WRITE\""
+        };
+        let id: String = "xxxxxx-xxxx-xxxx-xxxx-xxxx-xxxx-xxxxxx".replace('x', &id.to_string());
+        format!(
+            "{name} {{\nid = \"{id}\"\nstatus = [{status}]\nflags = []\nsegment_count = 1\nsegment1 {{\n{seg}\n}}\n}}\n"
+        )
+    };
+    let linear = |n: u64, pe: u64| {
+        format!(
+            "start_extent = 0\nextent_count = {n}\ntype = \"striped\"\nstripe_count = 1\nstripes = [\n\"pv0\", {pe}\n]"
+        )
+    };
+    let added = lv(
+        "pool",
+        'a',
+        true,
+        "start_extent = 0\nextent_count = 2\ntype = \"thin-pool\"\nmetadata = \"pool_tmeta\"\npool = \"pool_tdata\"\n\
+         transaction_id = 1\nchunk_size = 128\ndiscards = \"passdown\"\nzero_new_blocks = 1"
+            .into(),
+    ) + &lv(
+        "thin",
+        'b',
+        true,
+        "start_extent = 0\nextent_count = 8\ntype = \"thin\"\nthin_pool = \"pool\"\ntransaction_id = 0\ndevice_id = 1"
+            .into(),
+    ) + &lv("pool_tdata", 'c', false, linear(2, p))
+        + &lv("pool_tmeta", 'd', false, linear(1, q))
+        + &lv("lvol0_pmspare", 'e', false, linear(1, r));
+    let text = text.replacen("logical_volumes {\n", &format!("logical_volumes {{\n{added}"), 1);
+    fs::write(&backup, text).unwrap();
+    lvm.run(&["vgcfgrestore", "-q", "--force", "-f", backup.to_str().unwrap(), &vg]);
+    let types = lvm.run(&["lvs", "--noheadings", "-a", "-o", "lv_name,segtype", &vg]);
+    assert!(types.contains("thin-pool") && types.contains("thin "), "{types}");
+    fill_lv(&img.path, &lvm.extents(&vg, "root"));
+    drop(lvm);
+
+    let before = crate::common::fingerprint(&disk);
+    let ran = libxl().run(&disk);
+    ran.expect_boot().assert_entry(&img, img.entry(2), None);
+    for want in [
+        format!("LVM logical volume {vg}/pool (on MBR partition 1): segment 1 is of type \"thin-pool\""),
+        format!("LVM logical volume {vg}/thin (on MBR partition 1): segment 1 is of type \"thin\""),
+        format!("from LVM logical volume {vg}/root (on MBR partition 1)"),
+    ] {
+        assert!(ran.console.contains(&want), "want {want:?}:\n{}", ran.console);
+    }
+    assert_eq!(crate::common::fingerprint(&disk), before, "the disk image changed");
+}

@@ -7,8 +7,8 @@
 //! * `cli_compat`: argv forms, exit codes, output formats, usage errors.
 //! * `generations`: the bootable check, fallback, `list`, the console menu.
 //! * `lvm`: guests on LVM2 logical volumes made by the real LVM tools on
-//!   loop devices (as root): linear in two segments boots, striped is a
-//!   clear error.
+//!   loop devices (as root): linear in two segments boots; striped, thin
+//!   and thin-pool LVs are named errors.
 //! * `hostile`: crafted images under an address-space cap: a clear error
 //!   or a safe result, quickly, never a crash, the image unchanged.
 
