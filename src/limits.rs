@@ -150,3 +150,29 @@ pub const MAX_BTRFS_EXTENT_DECOMPRESSED: u64 = 128 * 1024;
 /// several file ranges are decompressed again when read again): the
 /// largest boot file plus slack.
 pub const MAX_BTRFS_FILE_DECOMPRESSED: u64 = 2 * MAX_BOOT_FILE;
+
+/// Largest LVM2 text metadata read from one physical volume (4 MiB; LVM's
+/// default metadata area is 1 MiB and a VG's text is a few KiB).
+pub const MAX_LVM_METADATA: u64 = 4 * MIB;
+
+/// LVM2 physical volumes (labelled partitions or the whole disk) whose
+/// metadata is read on one disk.
+pub const MAX_LVM_PVS: usize = 32;
+
+/// Volume groups considered on one disk.
+pub const MAX_LVM_VGS: usize = 16;
+
+/// Logical volumes considered on one disk (all volume groups together).
+pub const MAX_LVM_LVS: usize = 1024;
+
+/// Segments of all logical volumes of one volume group together (a
+/// linear LV has one per contiguous run of extents).
+pub const MAX_LVM_SEGMENTS: usize = 4096;
+
+/// How deep `name { … }` sections may nest in LVM2 metadata (real metadata
+/// nests 4 deep: VG, `logical_volumes`, LV, segment).
+pub const MAX_LVM_NESTING: usize = 16;
+
+/// Settings, sections and array elements accepted in one LVM2 metadata
+/// text (a VG with a thousand LVs has ~30,000).
+pub const MAX_LVM_TOKENS: usize = 1 << 18;

@@ -139,7 +139,11 @@ fn walk_reader(sv: &Subvol, image: &Path, sort: bool) -> BTreeMap<Vec<u8>, Seen>
                     // The streaming reader agrees with the fast path.
                     let mut streamed = Vec::new();
                     std::io::Read::read_to_end(&mut map.reader(), &mut streamed).unwrap();
-                    assert!(streamed == data, "reader and read_all differ on {}", String::from_utf8_lossy(&p));
+                    assert!(
+                        streamed == data,
+                        "reader and read_all differ on {}",
+                        String::from_utf8_lossy(&p)
+                    );
                     if let Some(runs) = map.data_runs() {
                         let mut from_runs = Vec::new();
                         for (off, len) in runs {
@@ -230,7 +234,12 @@ fn assert_same(what: &str, a: &BTreeMap<Vec<u8>, Seen>, b: &BTreeMap<Vec<u8>, Se
                 Seen::File { data, mtime } => format!("file of {} bytes, mtime {mtime}", data.len()),
                 other => format!("{other:?}"),
             };
-            panic!("{what}: {} differs: nixboot {} vs {}", String::from_utf8_lossy(k), short(v), short(w));
+            panic!(
+                "{what}: {} differs: nixboot {} vs {}",
+                String::from_utf8_lossy(k),
+                short(v),
+                short(w)
+            );
         }
     }
 }
@@ -243,7 +252,11 @@ fn open(image: &Path) -> Result<Vec<Subvol>, BtrfsError> {
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -269,7 +282,10 @@ fn btrfs_rootdir_matches_tree() {
     for (name, extra) in [
         ("default (dup metadata, 16 KiB nodes)", &[][..]),
         ("mixed block groups, 4 KiB nodes", &["-M"][..]),
-        ("single metadata, 64 KiB nodes, xxhash", &["-m", "single", "-n", "65536", "--csum", "xxhash"][..]),
+        (
+            "single metadata, 64 KiB nodes, xxhash",
+            &["-m", "single", "-n", "65536", "--csum", "xxhash"][..],
+        ),
         ("sha256", &["--csum", "sha256"][..]),
         ("blake2", &["--csum", "blake2", "-L", "NIXOS"][..]),
     ] {
@@ -315,7 +331,11 @@ struct Mounted {
 impl Mounted {
     fn new(img: &Path, dir: &Path, opts: &str) -> Mounted {
         fs::create_dir_all(dir).unwrap();
-        run(Command::new("mount").arg("-o").arg(format!("loop,{opts}")).arg(img).arg(dir));
+        run(Command::new("mount")
+            .arg("-o")
+            .arg(format!("loop,{opts}"))
+            .arg(img)
+            .arg(dir));
         Mounted { dir: dir.to_owned() }
     }
 }
@@ -371,7 +391,11 @@ fn btrfs_subvolumes_match_kernel() {
     let listed;
     {
         let m = Mounted::new(&img, &mnt, "compress=zstd");
-        let sub = |p: &str| run(Command::new("btrfs").args(["-q", "subvolume", "create"]).arg(m.dir.join(p)));
+        let sub = |p: &str| {
+            run(Command::new("btrfs")
+                .args(["-q", "subvolume", "create"])
+                .arg(m.dir.join(p)))
+        };
         sub("@");
         sub("@nix");
         sub("@home");
@@ -388,8 +412,13 @@ fn btrfs_subvolumes_match_kernel() {
         fs::write(m.dir.join("vols/inner/deep/file"), b"deep\n").unwrap();
         fs::write(m.dir.join("top-file"), b"top\n").unwrap();
         // A snapshot of @: its `nested` shows as an empty directory.
-        run(Command::new("btrfs").args(["-q", "subvolume", "snapshot"]).arg(m.dir.join("@")).arg(m.dir.join("snap")));
-        run(Command::new("btrfs").args(["subvolume", "set-default"]).arg(m.dir.join("@")));
+        run(Command::new("btrfs")
+            .args(["-q", "subvolume", "snapshot"])
+            .arg(m.dir.join("@"))
+            .arg(m.dir.join("snap")));
+        run(Command::new("btrfs")
+            .args(["subvolume", "set-default"])
+            .arg(m.dir.join("@")));
         listed = run(Command::new("btrfs").args(["subvolume", "list"]).arg(&m.dir));
     }
     // "ID 256 gen 9 top level 5 path @"
@@ -402,7 +431,10 @@ fn btrfs_subvolumes_match_kernel() {
         .collect();
     let subvols = open(&img).unwrap();
     assert_eq!(subvols[0].path(), b"@", "the default subvolume comes first");
-    assert_eq!(subvols[0].describe(), format!("btrfs subvolume @ (id {})", subvols[0].id()));
+    assert_eq!(
+        subvols[0].describe(),
+        format!("btrfs subvolume @ (id {})", subvols[0].id())
+    );
     let mut got: Vec<(u64, String)> = subvols
         .iter()
         .filter(|s| s.id() != 5)

@@ -8,6 +8,9 @@
 //! * `generations`: the bootable check, fallback, `list`, the console menu.
 //! * `nix_partition`: `/nix` on its own filesystem (impermanence, tmpfs
 //!   roots): the guest's `/nix` paths map into it.
+//! * `lvm`: guests on LVM2 logical volumes made by the real LVM tools on
+//!   loop devices (as root): linear in two segments boots; striped, thin
+//!   and thin-pool LVs are named errors.
 //! * `hostile`: crafted images under an address-space cap: a clear error
 //!   or a safe result, quickly, never a crash, the image unchanged.
 
@@ -19,5 +22,6 @@ mod cli_compat;
 mod common;
 mod generations;
 mod hostile;
+mod lvm;
 mod nix_partition;
 mod readers;

@@ -64,8 +64,9 @@ pub struct FileMap {
     pub pieces: Vec<Piece>,
     /// File size.
     pub size: u64,
-    /// Where the window starts on the disk.
-    window_offset: u64,
+    /// The window the filesystem is read through (a partition, or the
+    /// extents of a logical volume): maps its offsets to the disk's.
+    window: crate::disk::Window,
     sectorsize: u32,
     vol: Rc<Volume>,
 }
@@ -251,7 +252,7 @@ impl FileMap {
         Ok(FileMap {
             pieces,
             size,
-            window_offset: vol.window().offset(),
+            window: vol.window().clone(),
             sectorsize,
             vol: vol.clone(),
         })
@@ -262,12 +263,7 @@ impl FileMap {
     /// compressed (then the file must be read through [`FileMap::reader`]).
     pub fn data_runs(&self) -> Option<Vec<(Option<u64>, u64)>> {
         let mut runs: Vec<(Option<u64>, u64)> = Vec::new();
-        for p in &self.pieces {
-            let off = match p.src {
-                Source::Zero => None,
-                Source::Disk(phys) => Some(self.window_offset.checked_add(phys)?),
-                _ => return None,
-            };
+        let mut push = |off: Option<u64>, len: u64| {
             if let Some(last) = runs.last_mut() {
                 let contiguous = match (last.0, off) {
                     (None, None) => true,
@@ -275,11 +271,20 @@ impl FileMap {
                     _ => false,
                 };
                 if contiguous {
-                    last.1 = last.1.saturating_add(p.len);
-                    continue;
+                    last.1 = last.1.saturating_add(len);
+                    return;
                 }
             }
-            runs.push((off, p.len));
+            runs.push((off, len));
+        };
+        for p in &self.pieces {
+            match p.src {
+                Source::Zero => push(None, p.len),
+                // A window offset maps to one or more disk ranges (a
+                // logical volume's extents need not be contiguous).
+                Source::Disk(phys) => self.window.disk_ranges(phys, p.len, |d, n| push(Some(d), n)).ok()?,
+                _ => return None,
+            }
         }
         Some(runs)
     }
@@ -311,14 +316,14 @@ impl FileMap {
             cap,
         })?;
         let mut out = vec![0u8; n];
-        if let Some(runs) = self.data_runs() {
+        if self.data_runs().is_some() {
+            // Uncompressed: one read per piece, through the window.
             let mut at = 0usize;
-            for (off, len) in runs {
-                let l = usize::try_from(len).unwrap_or(usize::MAX);
+            for p in &self.pieces {
+                let l = usize::try_from(p.len).unwrap_or(usize::MAX);
                 let end = at.saturating_add(l);
-                if let (Some(o), Some(dst)) = (off, out.get_mut(at..end)) {
-                    let phys = o.saturating_sub(self.window_offset);
-                    self.vol.read(phys, dst)?;
+                if let (Source::Disk(phys), Some(dst)) = (&p.src, out.get_mut(at..end)) {
+                    self.vol.read(*phys, dst)?;
                 }
                 at = end;
             }
