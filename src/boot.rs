@@ -567,8 +567,30 @@ pub fn each_generation(
             true,
         ))?;
     }
+    // Generations that share a toplevel (a rollback, or a hostile disk
+    // with thousands of links to one) are loaded once: the last few
+    // toplevels are kept.
+    let mut recent: std::collections::VecDeque<(Vec<u8>, nixos::Generation)> = Default::default();
     for link in &profile.links {
-        let loaded = nixos::load_generation(fs, &nixos::link_path(link.number), Some(link.number));
+        let path = nixos::link_path(link.number);
+        let toplevel = fs.resolve(path.as_bytes(), true).ok();
+        let hit = toplevel
+            .as_ref()
+            .and_then(|t| recent.iter().find(|(k, _)| k == t))
+            .map(|(_, g)| renumbered(g.clone(), link.number, link.mtime));
+        let loaded = match hit {
+            Some(g) => Ok(g),
+            None => {
+                let loaded = nixos::load_generation(fs, &path, Some(link.number));
+                if let (Some(t), Ok(g)) = (toplevel, &loaded) {
+                    if recent.len() >= RECENT_TOPLEVELS {
+                        recent.pop_front();
+                    }
+                    recent.push_back((t, g.clone()));
+                }
+                loaded
+            }
+        };
         each(listed(
             loaded,
             Some(link.number),
@@ -577,6 +599,20 @@ pub fn each_generation(
         ))?;
     }
     Ok(())
+}
+
+/// Toplevels kept loaded while listing (see [`each_generation`]).
+const RECENT_TOPLEVELS: usize = 4;
+
+/// `g`, loaded through another link: generation `number`, link `mtime`.
+fn renumbered(mut g: nixos::Generation, number: u64, mtime: i64) -> nixos::Generation {
+    g.number = Some(number);
+    g.mtime = Some(mtime);
+    g.entry.generation = Some(number);
+    for s in &mut g.specialisations {
+        s.generation = Some(number);
+    }
+    g
 }
 
 /// The installed-default file and the default entry, for a listing.

@@ -518,7 +518,7 @@ fn relay_log(pipe: impl std::io::Read) -> usize {
     if dropped > 0 {
         let _ = writeln!(
             std::io::stderr().lock(),
-            "nixboot: warning: {dropped} more lines of the parser's log suppressed (at most {MAX_CHILD_LOG_LINES} lines or {} KiB a run; `nixboot list` shows per-entry problems)",
+            "nixboot: warn: {dropped} more lines of the parser's log suppressed (at most {MAX_CHILD_LOG_LINES} lines or {} KiB a run; `nixboot list` shows per-entry problems)",
             MAX_CHILD_LOG_BYTES / 1024
         );
     }

@@ -1652,7 +1652,9 @@ pub fn assert_terminal_clean(ran: &Ran) {
             '\n' => false,
             '\r' => {
                 let rest = &text[i + c.len_utf8()..];
-                !(rest.starts_with('\n') || rest.starts_with("Booting the highlighted") || rest.starts_with("Countdown"))
+                !(rest.starts_with('\n')
+                    || rest.starts_with('\r')
+                    || rest.starts_with("Booting the highlighted") || rest.starts_with("Countdown"))
             }
             c => c.is_control(),
         };

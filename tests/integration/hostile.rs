@@ -696,12 +696,16 @@ const FLOOD_SPECS: usize = 256;
 /// toplevel whose `specialisation/` holds [`FLOOD_SPECS`] links, with
 /// names of 250 bytes, to directories ~3.5 KiB deep that are not NixOS
 /// systems. Each link is a failure with a long path in it, in every
-/// generation; on main this wrote hundreds of MB to the console.
-fn flood_image(gens: u64) -> Option<common::Image> {
+/// generation; on main this wrote hundreds of MB to the console. With
+/// `distinct`, every link has a toplevel of its own (sharing the kernel
+/// and, by a symlink, the `specialisation` directory): no generation can
+/// reuse another's work, so listing takes seconds (the slow image the
+/// signal and descriptor tests need).
+fn flood_image(gens: u64, distinct: bool) -> Option<common::Image> {
     Tree::nixos()
         .generation(1, Style::Legacy)
         .current(gens)
-        .extra_inodes(2 * FLOOD_SPECS as u64 + gens + 64)
+        .extra_inodes(2 * FLOOD_SPECS as u64 + 4 * gens + 64)
         .with(move |root| {
             let mut deep = String::from("/nix/store");
             for k in 0..14 {
@@ -718,7 +722,17 @@ fn flood_image(gens: u64) -> Option<common::Image> {
             }
             let dir = root.join(common::PROFILES.trim_start_matches('/'));
             for n in 2..=gens {
-                std::os::unix::fs::symlink(&top, dir.join(format!("system-{n}-link"))).unwrap();
+                let target = if distinct {
+                    let t = format!("/nix/store/{}-nixos-system-flood-{n}", common::store_hash("flood", n));
+                    let host = root.join(t.trim_start_matches('/'));
+                    fs::create_dir_all(&host).unwrap();
+                    std::os::unix::fs::symlink(common::kernel_of(1), host.join("kernel")).unwrap();
+                    std::os::unix::fs::symlink(format!("{top}/specialisation"), host.join("specialisation")).unwrap();
+                    t
+                } else {
+                    top.clone()
+                };
+                std::os::unix::fs::symlink(&target, dir.join(format!("system-{n}-link"))).unwrap();
             }
         })
         .image(Layout::Bare, BlockSize::K4)
@@ -739,7 +753,7 @@ fn a_flooding_image_cannot_flood_the_console() {
     if !prlimit() {
         return;
     }
-    let Some(img) = flood_image(100) else {
+    let Some(img) = flood_image(100, false) else {
         return;
     };
     let ran = hostile(libxl().menu().bootloader_args(&["--timeout=1"]), &img);
@@ -747,7 +761,7 @@ fn a_flooding_image_cannot_flood_the_console() {
     ran.expect_boot().assert_entry(&img, img.entry(1), None);
     assert!(
         ran.console
-            .contains("nixboot: warning: 25600 specialisations could not be read; `nixboot list` shows why"),
+            .contains("nixboot: warn: 25600 specialisations could not be read; `nixboot list` shows why"),
         "{}",
         ran.console
     );
@@ -924,7 +938,7 @@ fn guest_strings_are_escaped_on_every_output_path() {
 /// the parent dies of SIGKILL.
 #[test]
 fn the_parser_dies_with_its_parent() {
-    let Some(img) = flood_image(300) else {
+    let Some(img) = flood_image(300, true) else {
         return;
     };
     for sig in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGKILL] {
@@ -955,7 +969,7 @@ fn the_parser_dies_with_its_parent() {
 /// alone within 4 s) makes the run fail with the deadline error.
 #[test]
 fn one_deadline_for_the_whole_run() {
-    let Some(img) = flood_image(100) else {
+    let Some(img) = flood_image(100, false) else {
         return;
     };
     let stop_each = |parent: nix::unistd::Pid| {
@@ -1019,7 +1033,7 @@ fn the_parser_inherits_no_descriptor_and_no_terminal() {
     if !have(&["sh"]) {
         return;
     }
-    let Some(img) = flood_image(300) else {
+    let Some(img) = flood_image(300, true) else {
         return;
     };
     let secret = img.scratch("dom0-secret");
