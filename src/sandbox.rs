@@ -704,7 +704,7 @@ pub fn log_usage() {
         log::debug!(
             target: USAGE,
             "parent peak RSS {} KiB, parse child peak RSS {} KiB; CPU ms user/system: parent {}/{}, child {}/{}",
-            me.max_rss(),
+            own_peak_rss_kib().unwrap_or(me.max_rss()),
             child.max_rss(),
             ms(me.user_time()),
             ms(me.system_time()),
@@ -712,6 +712,15 @@ pub fn log_usage() {
             ms(child.system_time())
         );
     }
+}
+
+/// This program's own peak RSS in KiB (`VmHWM`). `getrusage`'s
+/// `ru_maxrss` also counts whatever the process was before its `execve`
+/// (a forked copy of a large launcher), so it overstates nixboot's own.
+fn own_peak_rss_kib() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Describe an abnormal end of the parse child.

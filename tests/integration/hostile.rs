@@ -824,6 +824,9 @@ fn huge_specialisations_do_not_inflate_the_parent() {
     let Some(img) = tree.image(Layout::Bare, BlockSize::K4) else {
         return;
     };
+    if let Ok(keep) = std::env::var("NIXBOOT_TEST_KEEP_IMAGE") {
+        fs::copy(&img.path, keep).unwrap();
+    }
     let ran = hostile(libxl().menu().bootloader_args(&["--timeout=1"]), &img);
     let booted = ran.expect_boot();
     booted.assert_kernel(&img.guest_bytes(&img.entry(1).kernel));
@@ -850,7 +853,7 @@ fn huge_specialisations_do_not_inflate_the_parent() {
             let gens = v["generations"].as_array().unwrap();
             assert_eq!(gens.len(), 64);
             assert_eq!(gens[0]["specialisations"].as_array().unwrap().len(), 255);
-            assert_eq!(gens[0]["kernelParams"].as_array().unwrap().len(), 480);
+            assert_eq!(gens[0]["kernelParams"].as_array().unwrap().len(), 3);
         } else {
             let lines = String::from_utf8(out.stdout).unwrap().lines().count();
             assert_eq!(lines, 64 * 256 + 1);
@@ -890,7 +893,9 @@ fn guest_strings_are_escaped_on_every_output_path() {
         return;
     };
     let one_summary = |ran: &Ran| {
-        let lines: Vec<&str> = ran.console.lines().filter(|l| l.contains("nixboot: booting")).collect();
+        // The forged line stays inside the escaped label of real lines.
+        assert!(!ran.console.lines().any(|l| l.starts_with(" nixboot")), "{}", ran.console);
+        let lines: Vec<&str> = ran.console.lines().filter(|l| l.starts_with("nixboot: booting")).collect();
         assert_eq!(lines.len(), 1, "{}", ran.console);
         assert!(lines[0].starts_with("nixboot: booting NixOS - Configuration 1 ("), "{}", lines[0]);
         assert!(lines[0].contains("24.11\\n nixboot: booting"), "{}", lines[0]);
