@@ -499,20 +499,15 @@ fn relay_log(pipe: impl std::io::Read) -> usize {
     let mut r = std::io::BufReader::with_capacity(16 * 1024, pipe);
     let mut line = Vec::with_capacity(MAX_LOG_LINE);
     let mut dropped = 0usize;
-    loop {
-        match read_log_line(&mut r, &mut line) {
-            Ok((true, cut)) => {
-                let mut text = crate::error::guard(&line);
-                if cut {
-                    text.push('…');
-                }
-                if take_log_budget(text.len().saturating_add(1)) {
-                    let _ = writeln!(std::io::stderr().lock(), "{text}");
-                } else {
-                    dropped = dropped.saturating_add(1);
-                }
-            }
-            Ok((false, _)) | Err(_) => break,
+    while let Ok((true, cut)) = read_log_line(&mut r, &mut line) {
+        let mut text = crate::error::guard(&line);
+        if cut {
+            text.push('…');
+        }
+        if take_log_budget(text.len().saturating_add(1)) {
+            let _ = writeln!(std::io::stderr().lock(), "{text}");
+        } else {
+            dropped = dropped.saturating_add(1);
         }
     }
     if dropped > 0 {

@@ -1539,45 +1539,6 @@ pub fn assert_console_safe(ran: &Ran) {
     );
 }
 
-#[cfg(test)]
-mod self_tests {
-    use super::*;
-
-    #[test]
-    fn libxl_parser_rules() {
-        let r = parse_libxl_result(b"kernel /a\0ramdisk\t \t/b\0args \0bogus\0argsx y\0kernel /c\0\0");
-        assert_eq!(r.kernel.as_deref(), Some(&b"/c"[..]));
-        assert_eq!(r.ramdisk.as_deref(), Some(&b"/b"[..]));
-        assert_eq!(r.args.as_deref(), Some(&b""[..]));
-        assert_eq!(r.unexpected, 2);
-        let mut long = b"args ".to_vec();
-        long.resize(8192, b'a');
-        long.extend_from_slice(b"\0kernel /k\nramdisk /x");
-        let r = parse_libxl_result(&long);
-        assert_eq!((r.too_long, r.args), (1, None));
-        // The simple (newline) format is one item to libxl.
-        assert_eq!(r.kernel.as_deref(), Some(&b"/k\nramdisk /x"[..]));
-    }
-
-    #[test]
-    fn pv_kernel_shape() {
-        let k = pv_kernel(70_000, 3);
-        assert_eq!(k.len(), 70_000);
-        assert_eq!(&k[..4], b"\x7fELF");
-        assert_eq!(k[4], 2); // ELFCLASS64
-        assert_eq!(u16::from_le_bytes([k[18], k[19]]), 62); // x86-64
-        assert!(k.windows(8).any(|w| w == b"xen-3.0\0"));
-        assert_ne!(pv_kernel(70_000, 4), k);
-        assert_eq!(pv_kernel(70_000, 3), k);
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(date_of(0), "2023-11-14");
-        assert_eq!(date_of(48), "2024-01-01");
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Watching nixboot's parse children
 
@@ -1654,7 +1615,8 @@ pub fn assert_terminal_clean(ran: &Ran) {
                 let rest = &text[i + c.len_utf8()..];
                 !(rest.starts_with('\n')
                     || rest.starts_with('\r')
-                    || rest.starts_with("Booting the highlighted") || rest.starts_with("Countdown"))
+                    || rest.starts_with("Booting the highlighted")
+                    || rest.starts_with("Countdown"))
             }
             c => c.is_control(),
         };
@@ -1664,5 +1626,44 @@ pub fn assert_terminal_clean(ran: &Ran) {
             u32::from(c),
             String::from_utf8_lossy(&ran.raw[i.saturating_sub(80)..(i + 40).min(ran.raw.len())])
         );
+    }
+}
+
+#[cfg(test)]
+mod self_tests {
+    use super::*;
+
+    #[test]
+    fn libxl_parser_rules() {
+        let r = parse_libxl_result(b"kernel /a\0ramdisk\t \t/b\0args \0bogus\0argsx y\0kernel /c\0\0");
+        assert_eq!(r.kernel.as_deref(), Some(&b"/c"[..]));
+        assert_eq!(r.ramdisk.as_deref(), Some(&b"/b"[..]));
+        assert_eq!(r.args.as_deref(), Some(&b""[..]));
+        assert_eq!(r.unexpected, 2);
+        let mut long = b"args ".to_vec();
+        long.resize(8192, b'a');
+        long.extend_from_slice(b"\0kernel /k\nramdisk /x");
+        let r = parse_libxl_result(&long);
+        assert_eq!((r.too_long, r.args), (1, None));
+        // The simple (newline) format is one item to libxl.
+        assert_eq!(r.kernel.as_deref(), Some(&b"/k\nramdisk /x"[..]));
+    }
+
+    #[test]
+    fn pv_kernel_shape() {
+        let k = pv_kernel(70_000, 3);
+        assert_eq!(k.len(), 70_000);
+        assert_eq!(&k[..4], b"\x7fELF");
+        assert_eq!(k[4], 2); // ELFCLASS64
+        assert_eq!(u16::from_le_bytes([k[18], k[19]]), 62); // x86-64
+        assert!(k.windows(8).any(|w| w == b"xen-3.0\0"));
+        assert_ne!(pv_kernel(70_000, 4), k);
+        assert_eq!(pv_kernel(70_000, 3), k);
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(date_of(0), "2023-11-14");
+        assert_eq!(date_of(48), "2024-01-01");
     }
 }
