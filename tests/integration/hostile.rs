@@ -757,6 +757,7 @@ fn a_flooding_image_cannot_flood_the_console() {
         return;
     };
     let ran = hostile(libxl().menu().bootloader_args(&["--timeout=1"]), &img);
+    eprintln!("flood image through the menu: {} console bytes", ran.raw.len());
     assert!(ran.raw.len() < CONSOLE_BUDGET, "{} console bytes", ran.raw.len());
     ran.expect_boot().assert_entry(&img, img.entry(1), None);
     assert!(
@@ -766,6 +767,7 @@ fn a_flooding_image_cannot_flood_the_console() {
         ran.console
     );
     let ran = hostile(libxl().menu().bootloader_args(&["--timeout=1", "-vv"]), &img);
+    eprintln!("flood image through the menu at -vv: {} console bytes", ran.raw.len());
     assert!(ran.raw.len() < CONSOLE_BUDGET, "{} console bytes", ran.raw.len());
     ran.expect_boot();
     assert!(
