@@ -217,7 +217,7 @@ impl sandbox::Frames for MenuFrames {
                 if e.label.len() > MAX_MENU_TEXT
                     || e.problem.as_ref().is_some_and(|p| p.len() > MAX_MENU_TEXT)
                     || e.cmdline.len() > MAX_CMDLINE
-                    || name_len > crate::limits::MAX_PATH_LEN
+                    || name_len > MAX_MENU_TEXT
                 {
                     return Err(guest("the parser sent an oversized menu entry".into()));
                 }

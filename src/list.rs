@@ -9,6 +9,15 @@
 //! [`crate::nixos::select::label`], names by [`escape_short`]); the JSON document also
 //! escapes DEL and the C1 controls, which JSON allows raw.
 
+#![deny(
+    clippy::arithmetic_side_effects,
+    clippy::as_conversions,
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
 use serde_json::json;
 
 use crate::cmdline;
@@ -181,6 +190,11 @@ impl<'a> MenuBuilder<'a> {
         for e in std::iter::once(&gen_.entry).chain(&gen_.specialisations) {
             if self.count >= MAX_MENU_ENTRIES && !is_default_gen {
                 break;
+            }
+            // Chosen by name: a name the parent would refuse is left out
+            // of the menu (`--entry` still reaches it).
+            if e.specialisation.as_ref().is_some_and(|n| n.len() > MAX_MENU_TEXT) {
+                continue;
             }
             let line = cmdline::build(Some(&e.init), &e.kernel_params, self.args);
             let is_spec = e.specialisation.is_some();
