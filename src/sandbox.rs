@@ -387,15 +387,22 @@ fn children_cpu() -> Duration {
 /// seconds (at least one; `RLIMIT_CPU` counts whole seconds), or an error
 /// when it is spent.
 fn budget_left() -> Result<(Duration, u64), Error> {
-    let deadline = run_deadline();
     let used = *WALL_USED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let wall = deadline.saturating_sub(used);
-    let cpu = deadline.saturating_sub(children_cpu());
-    if wall.is_zero() || cpu.is_zero() {
+    split_budget(run_deadline(), used, children_cpu())
+}
+
+/// What a run with `deadline` has left after its children used `wall`
+/// and `cpu`: wall-clock time, and CPU time in whole seconds rounded up.
+fn split_budget(deadline: Duration, wall: Duration, cpu: Duration) -> Result<(Duration, u64), Error> {
+    let wall_left = deadline.saturating_sub(wall);
+    let cpu_left = deadline.saturating_sub(cpu);
+    if wall_left.is_zero() || cpu_left.is_zero() {
         return Err(over_deadline(deadline));
     }
-    let cpu_secs = cpu.as_secs().saturating_add(u64::from(cpu.subsec_nanos() > 0));
-    Ok((wall, cpu_secs))
+    let cpu_secs = cpu_left
+        .as_secs()
+        .saturating_add(u64::from(cpu_left.subsec_nanos() > 0));
+    Ok((wall_left, cpu_secs))
 }
 
 fn over_deadline(deadline: Duration) -> Error {
@@ -791,6 +798,40 @@ mod tests {
             out.read_to_end(&mut got).unwrap();
             assert!(got == data(3 << 20), "append={append}");
         }
+    }
+
+    #[test]
+    fn children_of_a_run_share_one_deadline() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        assert_eq!(split_budget(s(60), s(0), s(0)).unwrap(), (s(60), 60));
+        // A listing child that used 45 s of wall clock and 20.2 s of CPU
+        // leaves the boot child 15 s and 40 s (rounded up).
+        assert_eq!(split_budget(s(60), s(45), ms(20_200)).unwrap(), (s(15), 40));
+        assert!(split_budget(s(60), s(60), s(1)).is_err());
+        assert!(split_budget(s(60), s(1), s(61)).is_err());
+        let e = split_budget(s(4), s(5), s(0)).unwrap_err();
+        assert!(e.to_string().contains("longer than 4 s in all"), "{e}");
+    }
+
+    #[test]
+    fn relayed_log_lines_are_cut_and_budgeted() {
+        let mut long = vec![b'x'; MAX_LOG_LINE + 500];
+        long.extend_from_slice(b"\nnext\n");
+        let mut r = std::io::BufReader::with_capacity(64, long.as_slice());
+        let mut line = Vec::new();
+        assert_eq!(read_log_line(&mut r, &mut line).unwrap(), (true, true));
+        assert_eq!(line.len(), MAX_LOG_LINE);
+        assert_eq!(read_log_line(&mut r, &mut line).unwrap(), (true, false));
+        assert_eq!(line, b"next");
+        assert_eq!(read_log_line(&mut r, &mut line).unwrap().0, false);
+        // The run's budget is shared and ends.
+        let mut taken = 0usize;
+        while take_log_budget(100) {
+            taken += 1;
+        }
+        assert!(taken <= MAX_CHILD_LOG_LINES, "{taken}");
+        assert!(!take_log_budget(1));
     }
 
     #[test]
