@@ -824,7 +824,7 @@ mod tests {
         assert_eq!(line.len(), MAX_LOG_LINE);
         assert_eq!(read_log_line(&mut r, &mut line).unwrap(), (true, false));
         assert_eq!(line, b"next");
-        assert_eq!(read_log_line(&mut r, &mut line).unwrap().0, false);
+        assert!(!read_log_line(&mut r, &mut line).unwrap().0);
         // The run's budget is shared and ends.
         let mut taken = 0usize;
         while take_log_budget(100) {
