@@ -124,6 +124,7 @@ pub fn table_generation(g: &Listed) -> String {
                 s.push_str(&format!("  {:>5}  {}\n", format!("{n}/{name}"), label(sp, g.mtime)));
             }
             for (name, why) in &gen_.unreadable {
+                let name = escape_short(name.as_bytes());
                 s.push_str(&format!("  {:>5}  (cannot be read: {why})\n", format!("{n}/{name}")));
             }
         }
@@ -334,6 +335,7 @@ mod tests {
         if let Some(g) = l.generation.as_mut() {
             g.specialisations[0].specialisation = Some(evil.into());
             g.entry.nixos_version = "25.05\u{9d}\u{85}".into();
+            g.unreadable = vec![(evil.into(), "\"/x\" is not a NixOS system".into())];
         }
         let t = table_generation(&l);
         assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
@@ -347,6 +349,8 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&j).unwrap();
         assert_eq!(v["generations"][0]["specialisations"][0], evil);
         assert_eq!(v["generations"][0]["nixosVersion"], "25.05\u{9d}\u{85}");
+        assert_eq!(v["generations"][0]["unreadableSpecialisations"][0]["name"], evil);
+        assert!(t.contains("(cannot be read: \"/x\" is not a NixOS system)"), "{t}");
         let empty = format!("{JSON_HEAD}{}", json_tail(Some(&r(1, None)), Some("why"), false));
         let v: serde_json::Value = serde_json::from_str(&empty).unwrap();
         assert_eq!(v["generations"].as_array().map(Vec::len), Some(0));

@@ -208,7 +208,8 @@ pub struct Generation {
     pub entry: BootEntry,
     /// Its specialisations, sorted by name.
     pub specialisations: Vec<BootEntry>,
-    /// Specialisations that could not be read: name (escaped) and why.
+    /// Specialisations that could not be read: name (raw guest string) and
+    /// why.
     /// Logged at debug level only, one line each; callers say how many
     /// in one line (a guest can have hundreds, in every generation).
     #[serde(default)]
@@ -268,7 +269,7 @@ pub fn load_generation(fs: &GuestFs, link: &str, number: Option<u64>) -> Result<
                                 escape(name.as_bytes()),
                                 escape(toplevel.as_bytes())
                             );
-                            unreadable.push((escape(name.as_bytes()), e.to_string()));
+                            unreadable.push((name, e.to_string()));
                         }
                     }
                 }
