@@ -10,10 +10,11 @@ use crate::cache::KernelCache;
 use crate::cli::{BootArgs, ListArgs};
 use crate::cmdline;
 use crate::disk::Disk;
-use crate::error::{Error, EscapedBare, Fault};
-use crate::ipc::{Listed, Listing, Plan, Tag};
+use crate::error::{Error, EscapedBare, Fault, GuardedText};
+use crate::ipc::{MAX_TEXT_FRAME, MenuEnd, MenuEntry, Plan, Tag};
 use crate::limits::{
-    DEFAULT_MAX_INITRD, DEFAULT_MAX_KERNEL, MAX_CMDLINE, MAX_GENERATIONS, MAX_GUEST_MENU_TIMEOUT, MAX_LISTING,
+    DEFAULT_MAX_INITRD, DEFAULT_MAX_KERNEL, MAX_CMDLINE, MAX_GUEST_MENU_TIMEOUT, MAX_LISTING, MAX_MENU_ENTRIES,
+    MAX_MENU_FRAME, MAX_MENU_TEXT, MAX_SPECIALISATIONS,
 };
 use crate::menu::{self, DEFAULT_TIMEOUT};
 use crate::nixos::installed::GuestTimeout;
@@ -114,17 +115,19 @@ fn check_plan(p: &Plan, a: &BootArgs) -> Result<(), Error> {
     Ok(())
 }
 
-fn output_dir(a: &BootArgs) -> Result<OutputDir, Error> {
+/// The output directory: `--output-directory`, or a private temporary
+/// directory that is removed again unless the boot succeeds (the caller
+/// keeps it then).
+fn output_dir(a: &BootArgs) -> Result<(OutputDir, Option<tempfile::TempDir>), Error> {
     match &a.output_directory {
-        Some(d) => OutputDir::open(d),
+        Some(d) => Ok((OutputDir::open(d)?, None)),
         None => {
             let d = tempfile::Builder::new()
                 .prefix("nixboot.")
                 .tempdir()
-                .map_err(|e| Error::host("creating a private output directory", e))?
-                .keep();
-            log::info!("no --output-directory; copying into {}", d.display());
-            OutputDir::open(&d)
+                .map_err(|e| Error::host("creating a private output directory", e))?;
+            log::info!("no --output-directory; copying into {}", d.path().display());
+            Ok((OutputDir::open(d.path())?, Some(d)))
         }
     }
 }
@@ -187,37 +190,90 @@ impl sandbox::Frames for BootFrames<'_> {
     }
 }
 
-/// Receives the frames of a listing: one per generation, within a count
-/// and a byte budget.
-struct ListFrames {
-    head: Option<Listing>,
-    generations: Vec<Listed>,
+/// Receives the console menu: entry frames, each small and with bounded
+/// fields, at most [`MAX_MENU_ENTRIES`] plus one generation's worth, then
+/// the end frame. Whatever the disk, this holds a few MiB at most.
+#[derive(Default)]
+struct MenuFrames {
+    items: Vec<menu::Item>,
+    selections: Vec<Selection>,
+    end: Option<MenuEnd>,
+}
+
+impl sandbox::Frames for MenuFrames {
+    fn frame(&mut self, tag: Tag, data: &[u8]) -> Result<(), Error> {
+        match tag {
+            Tag::MenuEntry if self.end.is_none() => {
+                if data.len() > MAX_MENU_FRAME
+                    || self.items.len() > MAX_MENU_ENTRIES.saturating_add(MAX_SPECIALISATIONS)
+                {
+                    return Err(guest(format!(
+                        "the parser sent more than {MAX_MENU_ENTRIES} menu entries or an entry of more than {MAX_MENU_FRAME} bytes"
+                    )));
+                }
+                let e: MenuEntry = serde_json::from_slice(data)
+                    .map_err(|e| guest(format!("the parser sent a malformed menu entry ({e})")))?;
+                let name_len = e.entry.specialisation.as_ref().map_or(0, String::len);
+                if e.label.len() > MAX_MENU_TEXT
+                    || e.problem.as_ref().is_some_and(|p| p.len() > MAX_MENU_TEXT)
+                    || e.cmdline.len() > MAX_CMDLINE
+                    || name_len > MAX_MENU_TEXT
+                {
+                    return Err(guest("the parser sent an oversized menu entry".into()));
+                }
+                // The command line is only edited and sent back to the
+                // child, which checks it again; the texts are shown.
+                self.items.push(menu::Item {
+                    label: sandbox::sanitize(&e.label),
+                    cmdline: e.cmdline,
+                    problem: e.problem.as_deref().map(sandbox::sanitize),
+                });
+                self.selections.push(match (e.entry.number, e.entry.specialisation) {
+                    (Some(n), Some(s)) => Selection::Entry(format!("{n}/{s}")),
+                    (Some(n), None) => Selection::Entry(n.to_string()),
+                    (None, _) => Selection::Default,
+                });
+                Ok(())
+            }
+            Tag::MenuEnd if self.end.is_none() => {
+                let end: MenuEnd = serde_json::from_slice(data)
+                    .map_err(|e| guest(format!("the parser sent a malformed menu ({e})")))?;
+                if end.default >= self.items.len().max(1) {
+                    return Err(guest("the parser highlighted a menu entry that does not exist".into()));
+                }
+                self.end = Some(end);
+                Ok(())
+            }
+            _ => Err(guest("the parser sent an unexpected frame".into())),
+        }
+    }
+
+    fn data(&mut self, _: Tag, _: u64) -> Result<&mut std::fs::File, Error> {
+        Err(guest("the parser sent an unexpected frame".into()))
+    }
+}
+
+/// Receives `nixboot list` output as text frames: each checked again
+/// ([`GuardedText`]: no control character but newlines reaches the
+/// terminal) and written to a private temporary file, so the parent
+/// holds one frame at a time and prints nothing unless the child
+/// finishes; at most [`MAX_LISTING`] bytes in all.
+struct TextFrames {
+    out: std::io::BufWriter<std::fs::File>,
     bytes: usize,
 }
 
-impl sandbox::Frames for ListFrames {
+impl sandbox::Frames for TextFrames {
     fn frame(&mut self, tag: Tag, data: &[u8]) -> Result<(), Error> {
         match tag {
-            Tag::ListingHead if self.head.is_none() => {
-                let h: Listing = serde_json::from_slice(data)
-                    .map_err(|e| guest(format!("the parser sent a malformed listing ({e})")))?;
-                if !h.generations.is_empty() {
-                    return Err(guest("the parser sent generations in the listing head".into()));
-                }
-                self.head = Some(h);
-                Ok(())
-            }
-            Tag::Listing => {
+            Tag::Text => {
                 self.bytes = self.bytes.saturating_add(data.len());
-                if self.generations.len() > MAX_GENERATIONS || self.bytes > MAX_LISTING {
+                if data.len() > MAX_TEXT_FRAME || self.bytes > MAX_LISTING {
                     return Err(guest(format!(
-                        "the parser sent more than {MAX_GENERATIONS} generations or {MAX_LISTING} bytes of listing"
+                        "the parser sent more than {MAX_LISTING} bytes of listing"
                     )));
                 }
-                let g = serde_json::from_slice(data)
-                    .map_err(|e| guest(format!("the parser sent a malformed listing ({e})")))?;
-                self.generations.push(g);
-                Ok(())
+                write!(self.out, "{}", GuardedText(data)).map_err(|e| Error::host("buffering the listing", e))
             }
             _ => Err(guest("the parser sent an unexpected frame".into())),
         }
@@ -236,7 +292,12 @@ pub fn boot(a: &BootArgs) -> Result<(), Error> {
         ));
     }
     let disk_path = a.disk.as_ref().ok_or_else(|| Error::Usage("no disk given".into()))?;
-    let dir = if a.not_really { None } else { Some(output_dir(a)?) };
+    let (dir, private_dir) = if a.not_really {
+        (None, None)
+    } else {
+        let (d, t) = output_dir(a)?;
+        (Some(d), t)
+    };
     let sink = if a.not_really {
         None
     } else {
@@ -336,6 +397,11 @@ pub fn boot(a: &BootArgs) -> Result<(), Error> {
     if plan.kernel_verified {
         cache.remember(&plan.kernel_key);
     }
+    // Success: the private directory holds the copies libxl will read.
+    if let Some(t) = private_dir {
+        let _ = t.keep();
+    }
+    sandbox::log_usage();
     Ok(())
 }
 
@@ -343,10 +409,12 @@ pub fn boot(a: &BootArgs) -> Result<(), Error> {
 /// which libxl passes in restricted mode) and the details. Everything the
 /// child sent is guest data: escaped.
 fn log_plan(plan: &Plan, why: &Option<String>) {
-    let e = |s: &str| EscapedBare(s.as_bytes()).to_string();
+    // Sanitized on arrival (`BootFrames::frame`); the child escaped the
+    // guest strings in them already.
+    let e = |s: &str| s.to_owned();
     let why = why
         .clone()
-        .or_else(|| plan.reason.as_deref().map(e))
+        .or_else(|| plan.reason.as_deref().map(sandbox::sanitize))
         .unwrap_or_else(|| "the default entry".to_owned());
     log::info!(
         target: crate::logging::SUMMARY,
@@ -380,48 +448,42 @@ pub fn menu_timeout(explicit: Option<u64>, guest: GuestTimeout) -> u64 {
     }
 }
 
-/// Ask the parse child for every generation.
-fn listing(disk: &Disk, offset: Option<u64>, known_pv: Vec<String>, verbosity: u8) -> Result<Listing, Error> {
-    let request = Request {
-        mode: Mode::List,
+fn listing_request(mode: Mode, offset: Option<u64>, args: Option<String>, known_pv: Vec<String>) -> Request {
+    Request {
+        mode,
         offset,
         selection: Selection::Default,
-        args: None,
+        args,
         max_kernel: DEFAULT_MAX_KERNEL,
         max_initrd: DEFAULT_MAX_INITRD,
         send_data: false,
         known_pv,
         cmdline_override: None,
-    };
-    let confinement = Confinement { runas: None, verbosity };
-    let mut rx = ListFrames {
-        head: None,
-        generations: Vec::new(),
-        bytes: 0,
-    };
-    sandbox::run_child(disk, &request, &confinement, &mut rx)?;
-    let head = rx
-        .head
-        .ok_or_else(|| guest("the parser finished without a listing".into()))?;
-    let generations = rx.generations;
-    Ok(Listing { generations, ..head })
+    }
 }
 
 /// Show the console menu; the selection and any edited command line.
 fn menu_choice(disk: &Disk, a: &BootArgs, cache: &KernelCache) -> Result<(Selection, Option<String>), Error> {
-    let l = listing(disk, a.offset, cache.known(), a.verbosity())?;
-    let timeout = menu_timeout(a.timeout, l.guest_timeout);
+    let request = listing_request(Mode::Menu, a.offset, a.args.clone(), cache.known());
+    let confinement = Confinement {
+        runas: None,
+        verbosity: a.verbosity(),
+    };
+    let mut rx = MenuFrames::default();
+    sandbox::run_child(disk, &request, &confinement, &mut rx)?;
+    let MenuFrames { items, selections, end } = rx;
+    let end = end.ok_or_else(|| guest("the parser finished without a menu".into()))?;
+    let timeout = menu_timeout(a.timeout, end.guest_timeout);
     if timeout == 0 {
         log::debug!("menu timeout 0 (the guest's boot.loader.timeout): no menu");
         return Ok((Selection::Default, None));
     }
-    let (items, selections, default) = menu_items(&l, a.args.as_deref());
     // Nothing to choose from: no menu, and no countdown to wait through
     // before the error.
     if items.iter().all(|i| i.problem.is_some()) {
         return Ok((Selection::Default, None));
     }
-    let choice = menu::run(items, default, std::time::Duration::from_secs(timeout))
+    let choice = menu::run(items, end.default, std::time::Duration::from_secs(timeout))
         .map_err(|e| Error::host("running the console menu", e))?;
     if !choice.interactive {
         return Ok((Selection::Default, None));
@@ -430,178 +492,41 @@ fn menu_choice(disk: &Disk, a: &BootArgs, cache: &KernelCache) -> Result<(Select
     Ok((sel, choice.cmdline))
 }
 
-/// The menu: items, what each selects, and the highlighted default. The
-/// default is what a boot without the menu picks: the listing's default
-/// entry (installed default or current generation), or the newest older
-/// bootable generation. The guest's limit keeps the newest N generations
-/// (and always the default's).
-pub fn menu_items(l: &Listing, args: Option<&str>) -> (Vec<menu::Item>, Vec<Selection>, usize) {
-    use crate::nixos::select::label;
-    let mut items = Vec::new();
-    let mut selections = Vec::new();
-    let (mut anchor_at, mut default) = (None, None);
-    let limit = l
-        .guest_limit
-        .and_then(|n| usize::try_from(n).ok())
-        .unwrap_or(usize::MAX)
-        .max(1);
-    let is_default_gen = |g: &Listed| match &l.default {
-        Some(d) => d.number == g.number,
-        None => g.current,
-    };
-    let mut shown = 0usize;
-    for g in &l.generations {
-        let Some(gen_) = &g.generation else { continue };
-        if shown >= limit && !is_default_gen(g) {
-            continue;
-        }
-        shown = shown.saturating_add(1);
-        for e in std::iter::once(&gen_.entry).chain(&gen_.specialisations) {
-            let line = cmdline::build(Some(&e.init), &e.kernel_params, args);
-            let is_spec = e.specialisation.is_some();
-            let problem = if is_spec { None } else { g.problem.clone() };
-            let problem = problem.or_else(|| line.as_ref().err().map(|x| x.to_string()));
-            let is_anchor = match &l.default {
-                Some(d) => d.number == g.number && d.specialisation == e.specialisation,
-                None => g.current && !is_spec,
-            };
-            if is_anchor {
-                anchor_at = Some(items.len());
-            }
-            if default.is_none() && anchor_at.is_some() && (is_anchor || !is_spec) && problem.is_none() {
-                default = Some(items.len());
-            }
-            selections.push(match (g.number, &e.specialisation) {
-                (Some(n), Some(s)) => Selection::Entry(format!("{n}/{s}")),
-                (Some(n), None) => Selection::Entry(n.to_string()),
-                (None, _) => Selection::Default,
-            });
-            items.push(menu::Item {
-                label: label(e, g.mtime),
-                cmdline: line.unwrap_or_default(),
-                problem,
-            });
-        }
-    }
-    let default = default.or(anchor_at).unwrap_or(0);
-    (items, selections, default)
-}
-
 /// `nixboot list`.
 pub fn list(l: &ListArgs) -> Result<(), Error> {
     let disk = open_disk(&l.disk)?;
-    let listing = listing(
-        &disk,
+    let request = listing_request(
+        Mode::List { json: l.json },
         l.offset,
+        None,
         KernelCache::from_env().known(),
-        1u8.saturating_add(l.verbose),
-    )?;
-    let mut o = std::io::stdout().lock();
-    let text = if l.json {
-        crate::list::json(&listing)
-    } else {
-        crate::list::table(&listing)
+    );
+    let confinement = Confinement {
+        runas: None,
+        verbosity: 1u8.saturating_add(l.verbose),
     };
-    o.write_all(text.as_bytes())
-        .map_err(|e| Error::host("writing to stdout", e))
+    let file = tempfile::tempfile().map_err(|e| Error::host("creating a file for the listing", e))?;
+    let mut rx = TextFrames {
+        out: std::io::BufWriter::new(file),
+        bytes: 0,
+    };
+    sandbox::run_child(&disk, &request, &confinement, &mut rx)?;
+    let mut file = rx
+        .out
+        .into_inner()
+        .map_err(|e| Error::host("buffering the listing", e.into_error()))?;
+    use std::io::Seek;
+    file.rewind().map_err(|e| Error::host("reading the listing back", e))?;
+    let mut o = std::io::stdout().lock();
+    std::io::copy(&mut file, &mut o).map_err(|e| Error::host("writing to stdout", e))?;
+    o.flush().map_err(|e| Error::host("writing to stdout", e))?;
+    sandbox::log_usage();
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipc::EntryRef;
-    use crate::nixos::{BootEntry, Generation, Origin};
-
-    fn entry(n: u64, spec: Option<&str>) -> BootEntry {
-        BootEntry {
-            generation: Some(n),
-            specialisation: spec.map(str::to_owned),
-            kernel: "/k".into(),
-            initrd: None,
-            init: format!("/nix/store/g{n}/init"),
-            kernel_params: vec![],
-            toplevel: format!("/nix/store/g{n}"),
-            nixos_version: "25.05".into(),
-            origin: Origin::Bootspec,
-            initrd_secrets: None,
-        }
-    }
-
-    /// Generations 5..=1 (5 current), each with a specialisation `s`;
-    /// `broken` ones not bootable.
-    fn listing(broken: &[u64]) -> Listing {
-        Listing {
-            generations: (1..=5)
-                .rev()
-                .map(|n| Listed {
-                    generation: Some(Generation {
-                        number: Some(n),
-                        mtime: Some(0),
-                        entry: entry(n, None),
-                        specialisations: vec![entry(n, Some("s"))],
-                    }),
-                    number: Some(n),
-                    current: n == 5,
-                    mtime: Some(0),
-                    problem: broken.contains(&n).then(|| "not a Xen PV kernel".into()),
-                })
-                .collect(),
-            default: None,
-            default_reason: None,
-            guest_timeout: GuestTimeout::Unset,
-            guest_limit: None,
-        }
-    }
-
-    fn picked(l: &Listing) -> (usize, Selection) {
-        let (items, sel, d) = menu_items(l, None);
-        assert_eq!(items.len(), sel.len());
-        (items.len(), sel[d].clone())
-    }
-
-    #[test]
-    fn menu_default_follows_the_installed_default() {
-        let mut l = listing(&[]);
-        assert_eq!(picked(&l), (10, Selection::Entry("5".into())));
-        l.default = Some(EntryRef {
-            number: Some(3),
-            specialisation: Some("s".into()),
-        });
-        assert_eq!(picked(&l), (10, Selection::Entry("3/s".into())));
-        l.default = Some(EntryRef {
-            number: Some(4),
-            specialisation: None,
-        });
-        assert_eq!(picked(&l), (10, Selection::Entry("4".into())));
-        // Not bootable: the newest older bootable generation, as a boot
-        // without the menu does.
-        let mut l = listing(&[4, 3]);
-        l.default = Some(EntryRef {
-            number: Some(4),
-            specialisation: None,
-        });
-        assert_eq!(picked(&l), (10, Selection::Entry("2".into())));
-    }
-
-    #[test]
-    fn menu_limit_keeps_the_newest_and_the_default() {
-        let mut l = listing(&[]);
-        l.guest_limit = Some(2);
-        assert_eq!(picked(&l), (4, Selection::Entry("5".into())));
-        l.default = Some(EntryRef {
-            number: Some(1),
-            specialisation: None,
-        });
-        let (items, sel, d) = menu_items(&l, None);
-        assert_eq!(items.len(), 6);
-        assert_eq!(sel[d], Selection::Entry("1".into()));
-        l.guest_limit = Some(0);
-        assert_eq!(
-            menu_items(&l, None).0.len(),
-            4,
-            "a limit of 0 counts as 1, plus the default"
-        );
-    }
 
     #[test]
     fn menu_timeout_precedence_and_guest_cap() {

@@ -16,8 +16,9 @@ use crate::cmdline;
 use crate::disk::BlockSource;
 use crate::error::{Error, GuestError, escape};
 use crate::fs::{self, FsError, GuestFile, GuestFs, Mount};
-use crate::ipc::{self, EntryRef, Listed, Listing, Plan, Tag};
+use crate::ipc::{self, EntryRef, MenuEnd, Plan, Tag};
 use crate::kernel;
+use crate::list::{self, Listed};
 use crate::nixos::installed::{self, GuestTimeout, INSTALLED_FILE, Installed};
 use crate::nixos::{self, BootEntry, NixosError, SYSTEM_PROFILE, select};
 use crate::part;
@@ -44,8 +45,14 @@ pub enum Mode {
     /// Choose an entry and send the plan (and, unless `send_data` is off,
     /// the kernel and initrd).
     Boot,
-    /// List every generation.
-    List,
+    /// List every generation for `nixboot list`: the table (or, with
+    /// `json`, the JSON document) as text frames.
+    List {
+        /// The JSON document instead of the table.
+        json: bool,
+    },
+    /// The console menu's entries, then which one is highlighted.
+    Menu,
 }
 
 /// The parse request the parent hands to the child.
@@ -159,13 +166,15 @@ pub struct Checked {
     pub verified_now: bool,
 }
 
-/// A cheap identity for a kernel file: SHA-256 over its guest path, its
-/// size and its first and last 64 KiB. Used only to skip re-checking a
-/// kernel already found PV-bootable; a forged match can only make nixboot
-/// skip its own check, never refuse a good kernel.
+/// The identity of a kernel file: SHA-256 over its guest path, its size
+/// and all of its bytes. Used only to skip re-checking a kernel already
+/// found PV-bootable (the cache is positive-only), so it must cover every
+/// byte: a key over samples would let a guest reuse a known kernel's key
+/// with other bytes in between and skip the check. Hashing costs a read
+/// of the kernel (a few milliseconds for a 10 MiB kernel) where the check
+/// it saves decompresses it.
 pub fn kernel_key(fs: &GuestFs, path: &str, len: u64) -> Result<String, FsError> {
     use sha2::Digest;
-    const SAMPLE: u64 = 64 * 1024;
     let mut h = sha2::Sha256::new();
     h.update(path.as_bytes());
     h.update(len.to_le_bytes());
@@ -174,13 +183,15 @@ pub fn kernel_key(fs: &GuestFs, path: &str, len: u64) -> Result<String, FsError>
         path: escape(path.as_bytes()),
         source: e,
     };
-    let mut buf = Vec::new();
-    (&mut f).take(SAMPLE).read_to_end(&mut buf).map_err(io)?;
-    if len > SAMPLE {
-        f.seek_to(len.saturating_sub(SAMPLE)).map_err(io)?;
-        f.take(SAMPLE).read_to_end(&mut buf).map_err(io)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let want = usize::try_from(left.min(256 * 1024)).unwrap_or(256 * 1024);
+        let dst = buf.get_mut(..want).unwrap_or_default();
+        f.read_exact(dst).map_err(io)?;
+        h.update(&*dst);
+        left = left.saturating_sub(u64::try_from(want).unwrap_or(u64::MAX));
     }
-    h.update(&buf);
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -398,6 +409,13 @@ fn default_or_fallback(fs: &GuestFs, req: &Request) -> Result<(BootEntry, Option
     let (name, first_problem, below, default_reason) = match pick_default(fs, installed.as_ref(), true) {
         Ok(pick) => {
             let g = &pick.generation;
+            if !g.unreadable.is_empty() {
+                log::warn!(
+                    "{} specialisations of {} could not be read; `nixboot list` shows why",
+                    g.unreadable.len(),
+                    select::label(&g.entry, g.mtime)
+                );
+            }
             match bootable(fs, &pick.entry.kernel, pick.entry.initrd.as_deref(), req) {
                 Ok(c) => return Ok((pick.entry, g.mtime, c, pick.reason)),
                 Err(p) => (select::label(&pick.entry, g.mtime), p, g.number, pick.reason),
@@ -557,9 +575,14 @@ fn send_file(fs: &GuestFs, path: &str, cap: u64, len: u64, tag: Tag, out: &mut d
     Ok(())
 }
 
-/// List every generation of the profile, each with its bootable check
-/// (kernel checks are shared between generations with the same files).
-pub fn list(fs: &GuestFs, req: &Request) -> Result<Listing, Error> {
+/// Every generation of the profile, newest first, each with its bootable
+/// check (kernel checks are shared between generations with the same
+/// files), handed to `each` one at a time: a listing is never held whole.
+pub fn each_generation(
+    fs: &GuestFs,
+    req: &Request,
+    each: &mut dyn FnMut(Listed) -> Result<(), Error>,
+) -> Result<(), Error> {
     let profile = nixos::read_profile(fs)?;
     let current = match &profile.current {
         nixos::Current::Generation(n) => Some(*n),
@@ -586,35 +609,144 @@ pub fn list(fs: &GuestFs, req: &Request) -> Result<Listing, Error> {
             problem,
         }
     };
-    let mut generations = Vec::with_capacity(profile.links.len().saturating_add(1));
     if current.is_none() {
-        generations.push(listed(
+        each(listed(
             nixos::load_generation(fs, SYSTEM_PROFILE, None),
             None,
             None,
             true,
-        ));
+        ))?;
     }
+    // Generations that share a toplevel (a rollback, or a hostile disk
+    // with thousands of links to one) are loaded once: the last few
+    // toplevels are kept.
+    let mut recent: std::collections::VecDeque<(Vec<u8>, nixos::Generation)> = Default::default();
     for link in &profile.links {
-        let loaded = nixos::load_generation(fs, &nixos::link_path(link.number), Some(link.number));
-        generations.push(listed(
+        let path = nixos::link_path(link.number);
+        let toplevel = fs.resolve(path.as_bytes(), true).ok();
+        let hit = toplevel
+            .as_ref()
+            .and_then(|t| recent.iter().find(|(k, _)| k == t))
+            .map(|(_, g)| renumbered(g.clone(), link.number, link.mtime));
+        let loaded = match hit {
+            Some(g) => Ok(g),
+            None => {
+                let loaded = nixos::load_generation(fs, &path, Some(link.number));
+                if let (Some(t), Ok(g)) = (toplevel, &loaded) {
+                    if recent.len() >= RECENT_TOPLEVELS {
+                        recent.pop_front();
+                    }
+                    recent.push_back((t, g.clone()));
+                }
+                loaded
+            }
+        };
+        each(listed(
             loaded,
             Some(link.number),
             Some(link.mtime),
             current == Some(link.number),
-        ));
+        ))?;
     }
+    Ok(())
+}
+
+/// Toplevels kept loaded while listing (see [`each_generation`]).
+const RECENT_TOPLEVELS: usize = 4;
+
+/// `g`, loaded through another link: generation `number`, link `mtime`.
+fn renumbered(mut g: nixos::Generation, number: u64, mtime: i64) -> nixos::Generation {
+    g.number = Some(number);
+    g.mtime = Some(mtime);
+    g.entry.generation = Some(number);
+    for s in &mut g.specialisations {
+        s.generation = Some(number);
+    }
+    g
+}
+
+/// The installed-default file and the default entry, for a listing.
+fn listing_default(fs: &GuestFs) -> (Option<Installed>, Option<DefaultPick>) {
     let installed = read_installed(fs, false);
     let pick = pick_default(fs, installed.as_ref(), false)
         .map_err(|e| log::debug!("no default entry: {e}"))
         .ok();
-    Ok(Listing {
-        generations,
-        default: pick.as_ref().map(DefaultPick::entry_ref),
-        default_reason: pick.map(|p| p.reason),
+    (installed, pick)
+}
+
+/// Text frames of at most [`ipc::MAX_TEXT_FRAME`] bytes, cut at character
+/// boundaries.
+fn send_text(out: &mut dyn Write, text: &str) -> Result<(), Error> {
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut end = rest.len().min(ipc::MAX_TEXT_FRAME);
+        while end > 0 && !rest.is_char_boundary(end) {
+            end = end.saturating_sub(1);
+        }
+        let (head, tail) = rest.split_at(end);
+        ipc::write_frame(out, Tag::Text, head.as_bytes()).map_err(|e| Error::host("sending listing", e))?;
+        rest = tail;
+    }
+    Ok(())
+}
+
+/// `nixboot list`: the table or the JSON document, rendered generation
+/// by generation and sent as text frames (about 64 KiB each).
+fn send_list(fs: &GuestFs, req: &Request, json: bool, out: &mut dyn Write) -> Result<(), Error> {
+    let (_, pick) = listing_default(fs);
+    let mut pending = String::new();
+    if json {
+        pending.push_str(list::JSON_HEAD);
+    }
+    let mut first = true;
+    each_generation(fs, req, &mut |g| {
+        if json {
+            pending.push_str(&list::json_generation(&g, first));
+        } else {
+            pending.push_str(&list::table_generation(&g));
+        }
+        first = false;
+        if pending.len() >= 64 * 1024 {
+            send_text(out, &pending)?;
+            pending.clear();
+        }
+        Ok(())
+    })?;
+    let reason = pick.as_ref().map(|p| p.reason.as_str());
+    if json {
+        let default = pick.as_ref().map(DefaultPick::entry_ref);
+        pending.push_str(&list::json_tail(default.as_ref(), reason, !first));
+    } else {
+        pending.push_str(&list::table_tail(reason));
+    }
+    send_text(out, &pending)
+}
+
+/// The console menu: one frame per entry, then the highlighted one.
+fn send_menu(fs: &GuestFs, req: &Request, out: &mut dyn Write) -> Result<(), Error> {
+    let (installed, pick) = listing_default(fs);
+    let mut menu = list::MenuBuilder::new(
+        pick.as_ref().map(DefaultPick::entry_ref),
+        installed.as_ref().and_then(|i| i.limit),
+        req.args.as_deref(),
+    );
+    each_generation(fs, req, &mut |g| {
+        for e in menu.add(&g) {
+            ipc::write_json(out, Tag::MenuEntry, &e).map_err(|e| Error::host("sending the menu", e))?;
+        }
+        Ok(())
+    })?;
+    if menu.unreadable > 0 {
+        log::warn!(
+            "{} specialisations could not be read; `nixboot list` shows why",
+            menu.unreadable
+        );
+    }
+    let end = MenuEnd {
+        default: menu.default_index(),
         guest_timeout: installed.as_ref().map_or(GuestTimeout::Unset, |i| i.timeout),
-        guest_limit: installed.and_then(|i| i.limit),
-    })
+    };
+    ipc::write_json(out, Tag::MenuEnd, &end).map_err(|e| Error::host("sending the menu", e))
 }
 
 /// Run a request against `src`, writing frames to `out`. Errors are
@@ -626,16 +758,8 @@ pub fn run(src: Rc<dyn BlockSource>, req: &Request, out: &mut dyn Write) -> Resu
     };
     let (fs, found_in) = open_system(src, req.offset, &want)?;
     match req.mode {
-        Mode::List => {
-            // The head, then one frame per generation: a whole listing of
-            // thousands of generations is larger than one frame (`MAX_FRAME`).
-            let mut l = list(&fs, req)?;
-            let generations = std::mem::take(&mut l.generations);
-            ipc::write_json(out, Tag::ListingHead, &l).map_err(|e| Error::host("sending listing", e))?;
-            for g in generations {
-                ipc::write_json(out, Tag::Listing, &g).map_err(|e| Error::host("sending listing", e))?;
-            }
-        }
+        Mode::List { json } => send_list(&fs, req, json, out)?,
+        Mode::Menu => send_menu(&fs, req, out)?,
         Mode::Boot => {
             let p = plan(&fs, &found_in, req)?;
             ipc::write_json(out, Tag::Plan, &p).map_err(|e| Error::host("sending plan", e))?;

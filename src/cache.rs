@@ -5,9 +5,11 @@
 //! parent remembers the keys of kernels that passed (`boot::kernel_key`)
 //! in `/var/cache/nixboot/pv-kernels` (or `$NIXBOOT_CACHE_DIR`; set it
 //! empty to disable) and hands them to the parse child, which then skips
-//! the decompression. Only positive results are kept: a guest that forges
-//! a matching key can only make nixboot skip its own check (libxc then
-//! reports the bad kernel), never make it refuse a good one. The file is
+//! the decompression. The key covers every byte of the kernel (a key over
+//! samples let a guest keep a known kernel's key with another middle).
+//! Only positive results are kept: a forged match could only make nixboot
+//! skip its own check (libxc then reports the bad kernel), never make it
+//! refuse a good one. The file is
 //! best effort: any error reading or writing it is logged at debug level
 //! and otherwise ignored. At most [`MAX_KNOWN_KERNELS`] keys are kept.
 

@@ -10,6 +10,8 @@
 
 use std::fmt;
 
+use crate::limits::MAX_SHOWN_GUEST_STRING;
+
 use crate::{cmdline::CmdlineError, fs::FsError, nixos::NixosError, part::PartError};
 
 /// Who is at fault for a failure.
@@ -155,38 +157,121 @@ impl From<CmdlineError> for Error {
 }
 
 /// Escape bytes for display on a console: printable characters stay,
-/// everything else becomes `\n`, `\t`, `\0`, `\xNN` or `\u{NNNN}`, and the
-/// result is quoted. Never let a raw guest string reach stderr.
+/// everything else (C0 controls, DEL, C1 controls U+0080..U+009F, invalid
+/// UTF-8) becomes `\n`, `\t`, `\0`, `\xNN` or `\u{NNNN}`, and the result
+/// is quoted. At most [`MAX_SHOWN_GUEST_STRING`] bytes of the input are
+/// shown; a longer string is cut and ends in `…`. Never let a raw guest
+/// string reach stderr. This and [`EscapedBare`] are the one escaping
+/// function for guest strings; [`guard`] applies the same rules to text
+/// that was built from escaped strings on the other side of the sandbox.
 pub fn escape(bytes: &[u8]) -> String {
     Escaped(bytes).to_string()
 }
 
-/// Display adapter behind [`escape`]: quoted.
+/// Display adapter behind [`escape`]: quoted and shortened.
 pub struct Escaped<'a>(pub &'a [u8]);
 
-/// Like [`Escaped`], without the quotes (for tables).
+/// Like [`Escaped`], without the quotes and whole (for labels, tables and
+/// command lines, which have their own caps).
 pub struct EscapedBare<'a>(pub &'a [u8]);
+
+/// `bytes` cut at `max` bytes (at a character boundary when it is valid
+/// UTF-8), and whether it was cut.
+pub fn shorten(bytes: &[u8], max: usize) -> (&[u8], bool) {
+    if bytes.len() <= max {
+        return (bytes, false);
+    }
+    let mut end = max;
+    // Back up over UTF-8 continuation bytes (at most 3) so a character
+    // is not split into `\xNN` noise.
+    let mut back = 0u8;
+    while back < 3 && end > 0 && bytes.get(end).is_some_and(|b| b & 0xC0 == 0x80) {
+        end = end.saturating_sub(1);
+        back = back.saturating_add(1);
+    }
+    (bytes.get(..end).unwrap_or_default(), true)
+}
 
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (shown, cut) = shorten(self.0, MAX_SHOWN_GUEST_STRING);
         f.write_str("\"")?;
-        write_escaped(f, self.0)?;
+        write_escaped(f, shown, true)?;
+        if cut {
+            f.write_str("…")?;
+        }
         f.write_str("\"")
     }
 }
 
 impl fmt::Display for EscapedBare<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_escaped(f, self.0)
+        write_escaped(f, self.0, true)
     }
 }
 
-fn write_escaped(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+/// [`EscapedBare`], cut to at most [`MAX_SHOWN_GUEST_STRING`] bytes
+/// (ending in `…` when cut): a guest name or version inside a longer text
+/// such as a menu label.
+pub fn escape_short(bytes: &[u8]) -> String {
+    clip(EscapedBare(bytes).to_string(), MAX_SHOWN_GUEST_STRING)
+}
+
+/// `s` cut to at most `max` bytes at a character boundary, ending in `…`
+/// when cut.
+pub fn clip(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while end > 0 && !s.is_char_boundary(end) {
+        end = end.saturating_sub(1);
+    }
+    s.truncate(end);
+    s.push('…');
+    s
+}
+
+/// Display adapter behind [`guard`].
+pub struct Guarded<'a>(pub &'a [u8]);
+
+impl fmt::Display for Guarded<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_escaped(f, self.0, false)
+    }
+}
+
+/// [`Guarded`] for multi-line text (`nixboot list` output): newlines
+/// are kept, every other control character escaped.
+pub struct GuardedText<'a>(pub &'a [u8]);
+
+impl fmt::Display for GuardedText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, line) in self.0.split(|b| *b == b'\n').enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write_escaped(f, line, false)?;
+        }
+        Ok(())
+    }
+}
+
+/// Make text from across the trust boundary (a message, a label, a log
+/// line the parse child built with [`escape`]) safe for a terminal: the
+/// same rules as [`escape`] for control characters and invalid UTF-8,
+/// but backslashes and quotes are kept, so text that is already escaped
+/// passes unchanged and is not escaped twice.
+pub fn guard(bytes: &[u8]) -> String {
+    Guarded(bytes).to_string()
+}
+
+fn write_escaped(f: &mut fmt::Formatter<'_>, bytes: &[u8], quote: bool) -> fmt::Result {
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
             match c {
-                '"' => f.write_str("\\\"")?,
-                '\\' => f.write_str("\\\\")?,
+                '"' if quote => f.write_str("\\\"")?,
+                '\\' if quote => f.write_str("\\\\")?,
                 '\n' => f.write_str("\\n")?,
                 '\t' => f.write_str("\\t")?,
                 '\r' => f.write_str("\\r")?,
@@ -212,6 +297,31 @@ mod tests {
         assert_eq!(escape(b"x\0kernel /etc/shadow\n"), r#""x\0kernel /etc/shadow\n""#);
         assert_eq!(escape(b"\xff\x1b[2J"), r#""\xFF\u{001b}[2J""#);
         assert_eq!(escape("é\u{85}".as_bytes()), "\"é\\u{0085}\"");
+        // DEL and the C1 controls CSI (U+009B) and OSC (U+009D).
+        assert_eq!(
+            escape("\u{7f}\u{9b}31m\u{9d}0;x".as_bytes()),
+            r#""\u{007f}\u{009b}31m\u{009d}0;x""#
+        );
+    }
+
+    #[test]
+    fn escape_shortens_long_strings() {
+        let long = "/nix/store/".to_owned() + &"a".repeat(4000);
+        let e = escape(long.as_bytes());
+        assert!(e.len() < MAX_SHOWN_GUEST_STRING + 10, "{}", e.len());
+        assert!(e.ends_with("a…\""), "{e}");
+        // Never splits a character.
+        let e = escape("é".repeat(150).as_bytes());
+        assert!(e.ends_with("é…\""), "{e}");
+        assert_eq!(escape(&[b'x'; 200]), format!("\"{}\"", "x".repeat(200)));
+    }
+
+    #[test]
+    fn guard_escapes_controls_but_not_backslashes() {
+        let already = escape(b"a\x1b[2J\"b");
+        assert_eq!(guard(already.as_bytes()), already);
+        assert_eq!(guard(b"x\ny\r\x1b\xff"), "x\\ny\\r\\u{001b}\\xFF");
+        assert_eq!(guard("\u{9b}".as_bytes()), "\\u{009b}");
     }
 
     #[test]

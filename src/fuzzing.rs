@@ -15,8 +15,8 @@ use std::rc::Rc;
 use crate::boot::{self, Mode, Request, Selection};
 use crate::cmdline;
 use crate::disk::BlockSource;
-use crate::ipc::{self, Listing, Plan, Tag};
-use crate::limits::{MAX_CMDLINE, MAX_PARTITIONS, MAX_RESULT_ITEM, MIB};
+use crate::ipc::{self, MenuEnd, MenuEntry, Plan, Tag};
+use crate::limits::{MAX_CMDLINE, MAX_MENU_FRAME, MAX_MENU_TEXT, MAX_PARTITIONS, MAX_RESULT_ITEM, MIB};
 use crate::nixos::bootspec;
 use crate::output::{self, BootResult, Format};
 use crate::part::{self, gpt, mbr};
@@ -126,7 +126,8 @@ struct FrameChecker {
     /// Payload of a metadata frame.
     payload: Vec<u8>,
     plan: Option<Plan>,
-    listing: Option<Listing>,
+    menu_entries: usize,
+    menu_end: bool,
     kernel: u64,
     initrd: u64,
     done: bool,
@@ -147,22 +148,28 @@ impl FrameChecker {
                 assert!(p.initrd.as_ref().is_none_or(|(_, l)| *l <= FUZZ_MAX_FILE));
                 self.plan = Some(p);
             }
-            Tag::Listing => {
-                // One frame per generation.
-                let g: crate::ipc::Listed = serde_json::from_slice(&buf).expect("unreadable listing");
-                let mut l = self
-                    .listing
-                    .clone()
-                    .unwrap_or_else(|| panic!("generation before the listing head"));
-                l.generations = vec![g];
-                let _ = crate::list::table(&l);
-                let _ = crate::list::json(&l);
+            Tag::MenuEntry => {
+                assert!(!self.menu_end, "menu entry after the end");
+                assert!(buf.len() <= MAX_MENU_FRAME, "menu entry of {} bytes", buf.len());
+                let e: MenuEntry = serde_json::from_slice(&buf).expect("unreadable menu entry");
+                assert!(e.label.len() <= MAX_MENU_TEXT && e.cmdline.len() <= MAX_CMDLINE);
+                assert!(e.problem.as_ref().is_none_or(|p| p.len() <= MAX_MENU_TEXT));
+                assert!(!e.label.chars().any(char::is_control), "raw control in {:?}", e.label);
+                self.menu_entries = self.menu_entries.saturating_add(1);
             }
-            Tag::ListingHead => {
-                assert!(self.listing.is_none(), "second listing head");
-                let h: Listing = serde_json::from_slice(&buf).expect("unreadable listing head");
-                assert!(h.generations.is_empty());
-                self.listing = Some(h);
+            Tag::MenuEnd => {
+                assert!(!self.menu_end, "second menu end");
+                let end: MenuEnd = serde_json::from_slice(&buf).expect("unreadable menu end");
+                assert!(end.default < self.menu_entries.max(1), "highlighted entry out of range");
+                self.menu_end = true;
+            }
+            Tag::Text => {
+                assert!(buf.len() <= ipc::MAX_TEXT_FRAME);
+                let text = std::str::from_utf8(&buf).expect("listing text is not UTF-8");
+                assert!(
+                    !text.chars().any(|c| c.is_control() && c != '\n'),
+                    "raw control in the listing: {text:?}"
+                );
             }
             Tag::Failure => panic!("boot::run writes no failure frames"),
             Tag::Done => self.done = true,
@@ -246,7 +253,8 @@ impl io::Write for FrameChecker {
 }
 
 /// The whole guest-side pipeline on a disk image: [`boot::run`] in Boot
-/// mode (streaming the kernel and initrd) and in List mode, its frames
+/// mode (streaming the kernel and initrd), in both List modes and in
+/// Menu mode, its frames
 /// checked as the parent checks them. Errors are formatted as they would
 /// be for the console.
 ///
@@ -255,7 +263,12 @@ impl io::Write for FrameChecker {
 /// If a successful run writes frames the parent would reject.
 pub fn disk(data: &[u8]) {
     let src: Rc<dyn BlockSource> = Rc::new(data.to_vec());
-    for mode in [Mode::Boot, Mode::List] {
+    for mode in [
+        Mode::Boot,
+        Mode::List { json: false },
+        Mode::List { json: true },
+        Mode::Menu,
+    ] {
         let mut out = FrameChecker {
             disk_len: src.len(),
             ..Default::default()

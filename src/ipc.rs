@@ -12,8 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Fault;
 use crate::limits::MAX_FRAME;
-use crate::nixos::Generation;
+#[cfg(doc)]
+use crate::limits::{MAX_CMDLINE, MAX_MENU_TEXT};
 use crate::nixos::installed::GuestTimeout;
+
+/// Largest [`Tag::Text`] frame: 1 MiB.
+pub const MAX_TEXT_FRAME: usize = 1 << 20;
 
 /// Frame tags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,11 +32,14 @@ pub enum Tag {
     KernelRun,
     /// A [`Run`] of the initrd.
     InitrdRun,
-    /// One [`Listed`] generation (JSON); a listing is a run of these.
-    Listing,
-    /// The rest of a [`Listing`], without its generations (JSON); sent
-    /// before them.
-    ListingHead,
+    /// One [`MenuEntry`] (JSON); the menu is a run of these.
+    MenuEntry,
+    /// The [`MenuEnd`] (JSON), after the entries.
+    MenuEnd,
+    /// A piece of `nixboot list` output, rendered by the child (UTF-8
+    /// text, at most [`MAX_TEXT_FRAME`] bytes; checked again and written
+    /// out by the parent, never kept).
+    Text,
     /// [`Failure`] (JSON).
     Failure,
     /// End of a successful run.
@@ -47,8 +54,9 @@ impl Tag {
             Tag::Initrd => b'I',
             Tag::KernelRun => b'k',
             Tag::InitrdRun => b'i',
-            Tag::Listing => b'L',
-            Tag::ListingHead => b'H',
+            Tag::MenuEntry => b'L',
+            Tag::MenuEnd => b'H',
+            Tag::Text => b'T',
             Tag::Failure => b'F',
             Tag::Done => b'D',
         }
@@ -60,8 +68,9 @@ impl Tag {
             b'I' => Tag::Initrd,
             b'k' => Tag::KernelRun,
             b'i' => Tag::InitrdRun,
-            b'L' => Tag::Listing,
-            b'H' => Tag::ListingHead,
+            b'L' => Tag::MenuEntry,
+            b'H' => Tag::MenuEnd,
+            b'T' => Tag::Text,
             b'F' => Tag::Failure,
             b'D' => Tag::Done,
             _ => return None,
@@ -156,43 +165,29 @@ pub struct EntryRef {
     pub specialisation: Option<String>,
 }
 
-/// Every generation, for `list` and the menu.
+/// One entry of the console menu: only what the menu shows and what
+/// choosing it boots. Each field is bounded (the label and the reason by
+/// [`MAX_MENU_TEXT`], the command line by [`MAX_CMDLINE`]) and guest
+/// strings in it are escaped by the child; the parent checks both again.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Listing {
-    /// Generations, newest first.
-    pub generations: Vec<Listed>,
-    /// What a boot without `--entry` starts from (before the bootable
-    /// check and its fallback), when that could be decided.
-    #[serde(default)]
-    pub default: Option<EntryRef>,
-    /// Why that entry.
-    #[serde(default)]
-    pub default_reason: Option<String>,
-    /// The guest's menu countdown (from the installed-default file).
-    #[serde(default = "unset")]
-    pub guest_timeout: GuestTimeout,
-    /// The guest's limit on generations in the menu.
-    #[serde(default)]
-    pub guest_limit: Option<u64>,
-}
-
-fn unset() -> GuestTimeout {
-    GuestTimeout::Unset
-}
-
-/// One generation in a [`Listing`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Listed {
-    /// The generation, if it loaded.
-    pub generation: Option<Generation>,
-    /// Its number.
-    pub number: Option<u64>,
-    /// Whether the profile points at it.
-    pub current: bool,
-    /// The link mtime.
-    pub mtime: Option<i64>,
+pub struct MenuEntry {
+    /// The menu title.
+    pub label: String,
+    /// The command line it boots with (empty when it cannot be built).
+    pub cmdline: String,
     /// Why it cannot be booted, if it cannot.
     pub problem: Option<String>,
+    /// What choosing it selects.
+    pub entry: EntryRef,
+}
+
+/// The end of the menu: which entry is highlighted, and the countdown.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MenuEnd {
+    /// Index of the highlighted entry (what a boot without the menu picks).
+    pub default: usize,
+    /// The guest's menu countdown (from the installed-default file).
+    pub guest_timeout: GuestTimeout,
 }
 
 /// A failure in the child.

@@ -86,15 +86,51 @@ pub const MAX_RUNS: usize = 1 << 18;
 pub const MAX_FRAME: usize = 4 * MIB as usize;
 
 /// Bytes of `nixboot list` output the parent accepts from the parse child
-/// in all (it arrives as one frame per generation; 10,000 ordinary
-/// generations are ~15 MiB).
+/// in all (rendered by the child, it arrives in frames the parent checks
+/// and writes out without keeping; 10,000 ordinary generations are
+/// ~15 MiB).
 pub const MAX_LISTING: usize = 64 * MIB as usize;
+
+/// Bytes of log lines the parse children may put on stderr (libxl's pty,
+/// copied to `/var/log/xen/bootloader.<domid>.log`) in one run, all
+/// children together: the parent relays their stderr through a pipe and
+/// drops what is over this or [`MAX_CHILD_LOG_LINES`], then says how
+/// many lines it dropped.
+pub const MAX_CHILD_LOG_BYTES: usize = 64 * 1024;
+
+/// Log lines the parse children may put on stderr in one run (see
+/// [`MAX_CHILD_LOG_BYTES`]).
+pub const MAX_CHILD_LOG_LINES: usize = 200;
+
+/// Longest log line relayed from a parse child, in bytes; the rest of a
+/// longer line is dropped and marked with "…".
+pub const MAX_LOG_LINE: usize = 1024;
+
+/// Bytes of one guest string (a path, a name, a version) shown in a log
+/// line or an error message; a longer one is cut and ends in "…".
+pub const MAX_SHOWN_GUEST_STRING: usize = 200;
+
+/// Entries of the console menu the parse child sends the parent (the
+/// default generation's entries come on top); what is left out is still
+/// bootable with `--entry`.
+pub const MAX_MENU_ENTRIES: usize = 1000;
+
+/// Longest menu label or reason text the parent accepts per entry, in
+/// bytes (the command line has its own cap, [`MAX_CMDLINE`]).
+pub const MAX_MENU_TEXT: usize = 512;
+
+/// Largest menu-entry frame the parent accepts from the parse child.
+pub const MAX_MENU_FRAME: usize = 8 * 1024;
 
 /// Address-space limit of the parse child (bytes).
 pub const CHILD_ADDRESS_SPACE: u64 = 512 * MIB;
 
-/// Wall-clock deadline for the parse child, in seconds: it is killed after
-/// this. libxl's own restricted-mode timeout is 120 s.
+/// Deadline for all guest parsing in one run, in seconds: the parse
+/// children of a run (the menu's listing and the boot) share this much
+/// wall-clock time and this much CPU time (the menu countdown aside); a
+/// child is killed when the run's budget is spent. libxl's own
+/// restricted-mode timeout is 120 s. `$NIXBOOT_PARSE_DEADLINE` may lower
+/// it (never raise it).
 pub const CHILD_DEADLINE_SECS: u64 = 60;
 
 /// Bytes of a kernel payload decompressed to look for Xen ELF notes.

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::termios::{self, SetArg, Termios};
 
-use crate::error::EscapedBare;
+use crate::error::{EscapedBare, Guarded};
 
 /// The countdown when neither `--timeout` nor the guest's installed
 /// default file sets one (GRUB's and NixOS's `boot.loader.timeout`
@@ -33,7 +33,8 @@ pub const HARD_DEADLINE: Duration = Duration::from_secs(600);
 /// One line of the menu.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Item {
-    /// The title (guest data, escaped when drawn).
+    /// The title (guest strings in it escaped by the parse child; guarded
+    /// again when drawn).
     pub label: String,
     /// The command line it would boot with.
     pub cmdline: String,
@@ -198,7 +199,9 @@ impl State {
         let first = self.selected.saturating_sub(room.saturating_sub(1));
         for (i, item) in self.items.iter().enumerate().skip(first).take(room) {
             let mark = if i == self.selected { '>' } else { ' ' };
-            let mut line = format!("{mark} {}", EscapedBare(item.label.as_bytes()));
+            // Labels and reasons were escaped by the parse child; guarded
+            // again here, without escaping them twice.
+            let mut line = format!("{mark} {}", Guarded(item.label.as_bytes()));
             if item.problem.is_some() {
                 line.push_str(" (not bootable)");
             }
@@ -206,7 +209,7 @@ impl State {
             out.push_str("\r\n");
         }
         if let Some(p) = self.items.get(self.selected).and_then(|i| i.problem.as_ref()) {
-            out.push_str(&clip(format!("not bootable: {}", EscapedBare(p.as_bytes()))));
+            out.push_str(&clip(format!("not bootable: {}", Guarded(p.as_bytes()))));
             out.push_str("\r\n");
         }
         out

@@ -3,9 +3,16 @@
 //!
 //! The child is this same binary re-executed with [`CHILD_ARG`], the disk
 //! as its standard input (read-only descriptor), a pipe as its standard
-//! output (frames, see [`crate::ipc`]) and the pty as its standard error.
-//! Before it reads a byte of guest data it:
+//! output (frames, see [`crate::ipc`]) and another pipe as its standard
+//! error: it never holds the pty (so it cannot read console keystrokes),
+//! and the parent relays its log lines within a budget per run
+//! ([`MAX_CHILD_LOG_BYTES`], [`MAX_CHILD_LOG_LINES`]). Before it reads a
+//! byte of guest data it:
 //!
+//! * closes every descriptor it inherited beyond those three;
+//! * asks for SIGKILL when the parent dies (`PR_SET_PDEATHSIG`, set again
+//!   after any credential change, which clears it) and exits if the
+//!   parent is already gone;
 //! * with `--runas=UID`: enters fresh mount, IPC, network and UTS
 //!   namespaces, chroots into an empty read-only tmpfs, and drops to
 //!   UID/GID with no supplementary groups;
@@ -15,25 +22,29 @@
 //!   memory and exit; open, exec, socket, ioctl and everything else kill
 //!   it.
 //!
-//! The parent enforces a wall-clock deadline, caps every frame and byte it
-//! accepts, and turns any crash, limit hit or timeout into a one-line
-//! guest-disk error. A child that did not end with a `Done` frame and exit
-//! status 0 never yields a result.
+//! The parent enforces one deadline for the whole run (all its children
+//! share [`CHILD_DEADLINE_SECS`] of wall-clock and CPU time), kills its
+//! child when it is itself stopped by SIGTERM, SIGINT or SIGHUP, caps every
+//! frame and byte it accepts, and turns any crash, limit hit or timeout
+//! into a one-line guest-disk error. A child that did not end with a
+//! `Done` frame and exit status 0 never yields a result.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitCode, Stdio};
 use std::rc::Rc;
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::{Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 use crate::boot::{self, Request};
 use crate::disk::{BlockSource, Disk};
 use crate::error::{Error, Fault};
 use crate::ipc::{self, Failure, Tag};
-use crate::limits::{CHILD_ADDRESS_SPACE, CHILD_DEADLINE_SECS, MAX_RUNS};
+use crate::limits::{
+    CHILD_ADDRESS_SPACE, CHILD_DEADLINE_SECS, MAX_CHILD_LOG_BYTES, MAX_CHILD_LOG_LINES, MAX_LOG_LINE, MAX_RUNS,
+};
 
 /// argv[1] that makes the binary act as the parse child.
 pub const CHILD_ARG: &str = "--nixboot-internal-parse-child";
@@ -54,24 +65,69 @@ pub struct Confinement {
 struct ChildArgs {
     request: Request,
     confinement: Confinement,
+    /// The parent's pid: the child exits if its parent is no longer it.
+    parent: i32,
+    /// CPU seconds left in the run's budget (`RLIMIT_CPU`).
+    cpu_secs: u64,
+}
+
+/// Close every descriptor above stderr: whatever the parent inherited
+/// (`nixboot list disk 5</some/file`) must not be readable in the child.
+/// Runs first thing in the child, before it opens anything itself.
+fn close_inherited() -> Result<(), Error> {
+    let fds: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|fd| *fd > 2)
+            .collect(),
+        // No /proc: every possible descriptor number.
+        Err(_) => {
+            let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map_err(os("RLIMIT_NOFILE"))?;
+            (3..i32::try_from(soft.min(1 << 16)).unwrap_or(1 << 16)).collect()
+        }
+    };
+    for fd in fds {
+        // The directory listing's own descriptor is among them, already
+        // closed: EBADF.
+        match nix::unistd::close(fd) {
+            Ok(()) | Err(nix::errno::Errno::EBADF) => {}
+            Err(e) => return Err(os("closing inherited descriptors")(e)),
+        }
+    }
+    Ok(())
+}
+
+/// SIGKILL when the parent dies, and exit now if it already has (it may
+/// have died before the request was set).
+fn die_with_parent(parent: i32) -> Result<(), Error> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(os("PR_SET_PDEATHSIG"))?;
+    if nix::unistd::getppid().as_raw() != parent {
+        return Err(Error::HostMsg("the parent of the parser is gone".into()));
+    }
+    Ok(())
 }
 
 /// Entry point of the parse child (`main` calls this when argv[1] is
 /// [`CHILD_ARG`]).
 pub fn child_main(json: &str) -> ExitCode {
+    if close_inherited().is_err() {
+        return ExitCode::from(1);
+    }
     let out_fd = std::io::stdout().as_fd().try_clone_to_owned();
     let Ok(out_fd) = out_fd else { return ExitCode::from(1) };
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, File::from(out_fd));
     let result = (|| -> Result<(), Error> {
         let args: ChildArgs =
             serde_json::from_str(json).map_err(|e| Error::Usage(format!("bad child request: {e}")))?;
+        die_with_parent(args.parent)?;
         crate::logging::init(args.confinement.verbosity);
         let disk_fd = std::io::stdin()
             .as_fd()
             .try_clone_to_owned()
             .map_err(|e| Error::host("taking the disk descriptor", e))?;
         let disk = Disk::from_file(File::from(disk_fd)).map_err(|e| Error::host("disk descriptor", e))?;
-        confine(&args.confinement)?;
+        confine(&args.confinement, args.parent, args.cpu_secs)?;
         boot::run(Rc::new(disk), &args.request, &mut out)?;
         out.flush().map_err(|e| Error::host("sending frames", e))
     })();
@@ -94,7 +150,7 @@ fn os(what: &str) -> impl FnOnce(nix::errno::Errno) -> Error + '_ {
 }
 
 /// Apply the confinement to the current (child) process.
-fn confine(c: &Confinement) -> Result<(), Error> {
+fn confine(c: &Confinement, parent: i32, cpu_secs: u64) -> Result<(), Error> {
     use nix::sys::resource::Resource;
     if let Some(uid) = c.runas {
         enter_empty_root().map_err(os("namespaces and empty root"))?;
@@ -108,6 +164,8 @@ fn confine(c: &Confinement) -> Result<(), Error> {
                 "confining the parser: privileges were not dropped".into(),
             ));
         }
+        // A credential change clears the parent-death signal.
+        die_with_parent(parent)?;
     }
     nix::sys::prctl::set_no_new_privs().map_err(os("no_new_privs"))?;
     nix::sys::prctl::set_dumpable(false).map_err(os("dumpable"))?;
@@ -116,7 +174,7 @@ fn confine(c: &Confinement) -> Result<(), Error> {
     lower(Resource::RLIMIT_CORE, 0).map_err(os("RLIMIT_CORE"))?;
     lower(Resource::RLIMIT_NPROC, 0).map_err(os("RLIMIT_NPROC"))?;
     lower(Resource::RLIMIT_MEMLOCK, 0).map_err(os("RLIMIT_MEMLOCK"))?;
-    lower(Resource::RLIMIT_CPU, CHILD_DEADLINE_SECS).map_err(os("RLIMIT_CPU"))?;
+    lower(Resource::RLIMIT_CPU, cpu_secs.max(1)).map_err(os("RLIMIT_CPU"))?;
     crate::seccomp::install()
 }
 
@@ -298,6 +356,177 @@ fn copy_runs(disk: &Disk, runs: &[(Tag, ipc::Run)], frames: &mut dyn Frames) -> 
     })
 }
 
+/// The run's deadline: [`CHILD_DEADLINE_SECS`], or less if
+/// `$NIXBOOT_PARSE_DEADLINE` says so (dom0's environment; it can only
+/// lower the deadline).
+pub fn run_deadline() -> Duration {
+    let env = std::env::var("NIXBOOT_PARSE_DEADLINE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|v| *v > 0);
+    Duration::from_secs(env.map_or(CHILD_DEADLINE_SECS, |v| v.min(CHILD_DEADLINE_SECS)))
+}
+
+/// Wall-clock time the run's parse children have used so far.
+static WALL_USED: Mutex<Duration> = Mutex::new(Duration::ZERO);
+
+/// CPU time of every parse child of this run so far (they are waited for).
+fn children_cpu() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let Ok(u) = getrusage(UsageWho::RUSAGE_CHILDREN) else {
+        return Duration::ZERO;
+    };
+    let d = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(u64::try_from(t.tv_sec()).unwrap_or(0))
+            .saturating_add(Duration::from_micros(u64::try_from(t.tv_usec()).unwrap_or(0)))
+    };
+    d(u.user_time()).saturating_add(d(u.system_time()))
+}
+
+/// What is left of the run's budget: wall-clock time and whole CPU
+/// seconds (at least one; `RLIMIT_CPU` counts whole seconds), or an error
+/// when it is spent.
+fn budget_left() -> Result<(Duration, u64), Error> {
+    let used = *WALL_USED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    split_budget(run_deadline(), used, children_cpu())
+}
+
+/// What a run with `deadline` has left after its children used `wall`
+/// and `cpu`: wall-clock time, and CPU time in whole seconds rounded up.
+fn split_budget(deadline: Duration, wall: Duration, cpu: Duration) -> Result<(Duration, u64), Error> {
+    let wall_left = deadline.saturating_sub(wall);
+    let cpu_left = deadline.saturating_sub(cpu);
+    if wall_left.is_zero() || cpu_left.is_zero() {
+        return Err(over_deadline(deadline));
+    }
+    let cpu_secs = cpu_left
+        .as_secs()
+        .saturating_add(u64::from(cpu_left.subsec_nanos() > 0));
+    Ok((wall_left, cpu_secs))
+}
+
+fn over_deadline(deadline: Duration) -> Error {
+    Error::Reported {
+        fault: Fault::Guest,
+        message: format!(
+            "reading the disk took longer than {} s in all; the parser was stopped",
+            deadline.as_secs()
+        ),
+    }
+}
+
+/// The parse child running now, for the signal handler.
+static CHILD: Mutex<Option<nix::unistd::Pid>> = Mutex::new(None);
+
+fn set_child(pid: Option<nix::unistd::Pid>) {
+    *CHILD.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = pid;
+}
+
+/// On SIGTERM (libxl destroying the domain), SIGINT or SIGHUP: kill the
+/// parse child, then exit. Installed once, by the first child.
+fn kill_child_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("cannot handle SIGTERM: {e}; the parser dies with nixboot only by PR_SET_PDEATHSIG");
+                return;
+            }
+        };
+        std::thread::spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                let child = CHILD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(pid) = *child {
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                }
+                let name = nix::sys::signal::Signal::try_from(sig).map_or("a signal", |s| s.as_str());
+                let _ = writeln!(std::io::stderr(), "nixboot: stopped by {name}");
+                std::process::exit(128_i32.saturating_add(sig));
+            }
+        });
+    });
+}
+
+/// How much of the run's log budget is spent, by all children.
+static LOG_SPENT: Mutex<(usize, usize)> = Mutex::new((0, 0));
+
+/// Take `bytes` (one line) from the run's log budget; false when it is
+/// spent.
+fn take_log_budget(bytes: usize) -> bool {
+    let mut spent = LOG_SPENT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (b, l) = *spent;
+    let (nb, nl) = (b.saturating_add(bytes), l.saturating_add(1));
+    if nb > MAX_CHILD_LOG_BYTES || nl > MAX_CHILD_LOG_LINES {
+        return false;
+    }
+    *spent = (nb, nl);
+    true
+}
+
+/// Read one line of at most [`MAX_LOG_LINE`] bytes into `line` (the rest
+/// of a longer line is read and dropped); false at the end of the stream.
+fn read_log_line(r: &mut impl BufRead, line: &mut Vec<u8>) -> std::io::Result<(bool, bool)> {
+    line.clear();
+    let mut cut = false;
+    let mut any = false;
+    loop {
+        let buf = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok((any, cut));
+        }
+        any = true;
+        let (chunk, used, end) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => (buf.get(..i).unwrap_or_default(), i.saturating_add(1), true),
+            None => (buf, buf.len(), false),
+        };
+        let room = MAX_LOG_LINE.saturating_sub(line.len());
+        if chunk.len() > room {
+            cut = true;
+        }
+        line.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or_default());
+        r.consume(used);
+        if end {
+            return Ok((true, cut));
+        }
+    }
+}
+
+/// Copy the child's stderr to ours, line by line, within the run's
+/// budget: each line escaped (the child escapes guest strings itself;
+/// this is for a child that does not), cut at [`MAX_LOG_LINE`]. Lines
+/// over the budget are read and dropped (the child never blocks on a
+/// full pipe) and counted in one last line. Returns the lines dropped.
+fn relay_log(pipe: impl std::io::Read) -> usize {
+    let mut r = std::io::BufReader::with_capacity(16 * 1024, pipe);
+    let mut line = Vec::with_capacity(MAX_LOG_LINE);
+    let mut dropped = 0usize;
+    while let Ok((true, cut)) = read_log_line(&mut r, &mut line) {
+        let mut text = crate::error::guard(&line);
+        if cut {
+            text.push('…');
+        }
+        if take_log_budget(text.len().saturating_add(1)) {
+            let _ = writeln!(std::io::stderr().lock(), "{text}");
+        } else {
+            dropped = dropped.saturating_add(1);
+        }
+    }
+    if dropped > 0 {
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "nixboot: warn: {dropped} more lines of the parser's log suppressed (at most {MAX_CHILD_LOG_LINES} lines or {} KiB a run; `nixboot list` shows per-entry problems)",
+            MAX_CHILD_LOG_BYTES / 1024
+        );
+    }
+    dropped
+}
+
 /// Run the parse child on `disk` and hand each frame to `frames` until
 /// the child's `Done`. Any failure of the child becomes an [`Error`].
 pub fn run_child(
@@ -306,29 +535,40 @@ pub fn run_child(
     confinement: &Confinement,
     frames: &mut dyn Frames,
 ) -> Result<(), Error> {
+    kill_child_on_signals();
+    let (wall_left, cpu_secs) = budget_left()?;
     let exe = std::env::current_exe().map_err(|e| Error::host("finding the nixboot executable", e))?;
     let args = serde_json::to_string(&ChildArgs {
         request: request.clone(),
         confinement: confinement.clone(),
+        parent: nix::unistd::getpid().as_raw(),
+        cpu_secs,
     })
     .map_err(|e| Error::HostMsg(format!("encoding the child request: {e}")))?;
     let stdin = disk
         .file()
         .try_clone()
         .map_err(|e| Error::host("duplicating the disk descriptor", e))?;
+    let started = Instant::now();
+    // Hold the registry while spawning, so a signal in between still
+    // finds the child.
+    let mut registry = CHILD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut child = Command::new(&exe)
         .arg(CHILD_ARG)
         .arg(args)
         .env_clear()
         .stdin(Stdio::from(stdin))
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| Error::host(format!("starting the parse child {}", exe.display()), e))?;
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    *registry = Some(pid);
+    drop(registry);
+    let relay = child.stderr.take().map(|e| std::thread::spawn(move || relay_log(e)));
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
-        if let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(Duration::from_secs(CHILD_DEADLINE_SECS)) {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(wall_left) {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             return true;
         }
@@ -424,15 +664,20 @@ pub fn run_child(
         let _ = child.kill();
     }
     let status = child.wait().map_err(|e| Error::host("waiting for the parse child", e));
+    set_child(None);
     let _ = stop_tx.send(());
     let timed_out = watchdog.join().unwrap_or(false);
+    if let Some(r) = relay {
+        let _ = r.join();
+    }
+    {
+        let mut used = WALL_USED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *used = used.saturating_add(started.elapsed());
+    }
     let status = status?;
     log_usage();
     if timed_out {
-        return Err(Error::Reported {
-            fault: Fault::Guest,
-            message: format!("reading the disk took longer than {CHILD_DEADLINE_SECS} s; the parser was stopped"),
-        });
+        return Err(over_deadline(run_deadline()));
     }
     match outcome {
         Err(e) => Err(e),
@@ -444,18 +689,24 @@ pub fn run_child(
     }
 }
 
+/// The log target of the resource-usage lines ([`log_usage`]), so they
+/// can be enabled alone (`RUST_LOG=nixboot::usage=debug`).
+pub const USAGE: &str = "nixboot::usage";
+
 /// Debug log: peak RSS and CPU time of this process and of the (waited
-/// for) parse child, for benchmarks and limit tuning.
-fn log_usage() {
+/// for) parse children, for benchmarks, limit tuning and the hostile
+/// tests (which hold the parent's peak RSS to a bound).
+pub fn log_usage() {
     use nix::sys::resource::{UsageWho, getrusage};
-    if !log::log_enabled!(log::Level::Debug) {
+    if !log::log_enabled!(target: USAGE, log::Level::Debug) {
         return;
     }
     if let (Ok(me), Ok(child)) = (getrusage(UsageWho::RUSAGE_SELF), getrusage(UsageWho::RUSAGE_CHILDREN)) {
         let ms = |t: nix::sys::time::TimeVal| t.tv_sec().saturating_mul(1000).saturating_add(t.tv_usec() / 1000);
         log::debug!(
+            target: USAGE,
             "parent peak RSS {} KiB, parse child peak RSS {} KiB; CPU ms user/system: parent {}/{}, child {}/{}",
-            me.max_rss(),
+            own_peak_rss_kib().unwrap_or(me.max_rss()),
             child.max_rss(),
             ms(me.user_time()),
             ms(me.system_time()),
@@ -463,6 +714,15 @@ fn log_usage() {
             ms(child.system_time())
         );
     }
+}
+
+/// This program's own peak RSS in KiB (`VmHWM`). `getrusage`'s
+/// `ru_maxrss` also counts whatever the process was before its `execve`
+/// (a forked copy of a large launcher), so it overstates nixboot's own.
+fn own_peak_rss_kib() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Describe an abnormal end of the parse child.
@@ -487,14 +747,16 @@ fn describe(status: std::process::ExitStatus) -> String {
     )
 }
 
-/// Strip anything a compromised child (or a guest string it passes on)
-/// might use to attack the console: control characters become `?`, and
-/// the text is cut at 2,048 characters.
+/// Make text from a (possibly compromised) child safe for the console:
+/// cut at 2,048 bytes, then [`crate::error::guard`] (control characters
+/// escaped; text the child escaped already passes unchanged).
 pub fn sanitize(s: &str) -> String {
-    s.chars()
-        .take(2048)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    let (shown, cut) = crate::error::shorten(s.as_bytes(), 2048);
+    let mut out = crate::error::guard(shown);
+    if cut {
+        out.push('…');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -536,6 +798,40 @@ mod tests {
             out.read_to_end(&mut got).unwrap();
             assert!(got == data(3 << 20), "append={append}");
         }
+    }
+
+    #[test]
+    fn children_of_a_run_share_one_deadline() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        assert_eq!(split_budget(s(60), s(0), s(0)).unwrap(), (s(60), 60));
+        // A listing child that used 45 s of wall clock and 20.2 s of CPU
+        // leaves the boot child 15 s and 40 s (rounded up).
+        assert_eq!(split_budget(s(60), s(45), ms(20_200)).unwrap(), (s(15), 40));
+        assert!(split_budget(s(60), s(60), s(1)).is_err());
+        assert!(split_budget(s(60), s(1), s(61)).is_err());
+        let e = split_budget(s(4), s(5), s(0)).unwrap_err();
+        assert!(e.to_string().contains("longer than 4 s in all"), "{e}");
+    }
+
+    #[test]
+    fn relayed_log_lines_are_cut_and_budgeted() {
+        let mut long = vec![b'x'; MAX_LOG_LINE + 500];
+        long.extend_from_slice(b"\nnext\n");
+        let mut r = std::io::BufReader::with_capacity(64, long.as_slice());
+        let mut line = Vec::new();
+        assert_eq!(read_log_line(&mut r, &mut line).unwrap(), (true, true));
+        assert_eq!(line.len(), MAX_LOG_LINE);
+        assert_eq!(read_log_line(&mut r, &mut line).unwrap(), (true, false));
+        assert_eq!(line, b"next");
+        assert!(!read_log_line(&mut r, &mut line).unwrap().0);
+        // The run's budget is shared and ends.
+        let mut taken = 0usize;
+        while take_log_budget(100) {
+            taken += 1;
+        }
+        assert!(taken <= MAX_CHILD_LOG_LINES, "{taken}");
+        assert!(!take_log_budget(1));
     }
 
     #[test]

@@ -208,6 +208,12 @@ pub struct Generation {
     pub entry: BootEntry,
     /// Its specialisations, sorted by name.
     pub specialisations: Vec<BootEntry>,
+    /// Specialisations that could not be read: name (raw guest string) and
+    /// why.
+    /// Logged at debug level only, one line each; callers say how many
+    /// in one line (a guest can have hundreds, in every generation).
+    #[serde(default)]
+    pub unreadable: Vec<(String, String)>,
 }
 
 fn utf8(bytes: Vec<u8>) -> Result<String, NixosError> {
@@ -234,6 +240,7 @@ pub fn load_generation(fs: &GuestFs, link: &str, number: Option<u64>) -> Result<
     let toplevel = resolve_str(fs, link, "generation")?;
     let (entry, specs) = load_toplevel(fs, &toplevel, number, None)?;
     let mut specialisations = Vec::new();
+    let mut unreadable = Vec::new();
     match specs {
         Specs::Bootspec(map) => {
             for (name, v1) in map {
@@ -256,11 +263,14 @@ pub fn load_generation(fs: &GuestFs, link: &str, number: Option<u64>) -> Result<
                     let child = resolve_str(fs, &format!("{dir}/{name}"), "specialisation")?;
                     match load_toplevel(fs, &child, number, Some(name.clone())) {
                         Ok((e, _)) => specialisations.push(e),
-                        Err(e) => log::warn!(
-                            "specialisation {} of {}: {e}",
-                            escape(name.as_bytes()),
-                            escape(toplevel.as_bytes())
-                        ),
+                        Err(e) => {
+                            log::debug!(
+                                "specialisation {} of {}: {e}",
+                                escape(name.as_bytes()),
+                                escape(toplevel.as_bytes())
+                            );
+                            unreadable.push((name, e.to_string()));
+                        }
                     }
                 }
             }
@@ -271,6 +281,7 @@ pub fn load_generation(fs: &GuestFs, link: &str, number: Option<u64>) -> Result<
         mtime,
         entry,
         specialisations,
+        unreadable,
     })
 }
 

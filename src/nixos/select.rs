@@ -10,7 +10,7 @@ use super::{
     BootEntry, Current, Generation, NixosError, SYSTEM_PROFILE, current, generation_numbers, link_path,
     load_generation, read_profile,
 };
-use crate::error::escape;
+use crate::error::{escape, escape_short};
 use crate::fs::GuestFs;
 
 /// What `--entry` asked for, parsed.
@@ -59,13 +59,20 @@ pub fn rfc3339(secs: i64) -> Option<String> {
 
 /// The menu title of an entry: `NixOS - Configuration <N> (<date> -
 /// <nixos-version>)`, plus ` - <name>` for a specialisation.
+///
+/// The version (from `nixos-version` or the bootspec label) and the name
+/// are guest strings: escaped and shortened here, so the label is safe
+/// wherever it is shown (log lines, the menu, `nixboot list`).
 pub fn label(e: &BootEntry, mtime: Option<i64>) -> String {
     let date = mtime.map(date).unwrap_or_else(|| "unknown date".into());
     let n = e.generation.map(|n| n.to_string()).unwrap_or_else(|| "current".into());
-    let mut s = format!("NixOS - Configuration {n} ({date} - {})", e.nixos_version);
+    let mut s = format!(
+        "NixOS - Configuration {n} ({date} - {})",
+        escape_short(e.nixos_version.as_bytes())
+    );
     if let Some(name) = &e.specialisation {
         s.push_str(" - ");
-        s.push_str(name);
+        s.push_str(&escape_short(name.as_bytes()));
     }
     s
 }
@@ -232,5 +239,22 @@ mod tests {
             "NixOS - Configuration 42 (2025-06-01 - 25.05.20250601.abcdef0) - debug"
         );
         assert_eq!(rfc3339(0).as_deref(), Some("1970-01-01T00:00:00Z"));
+        // Guest strings in a label are escaped: a version that forges a
+        // log line, C1 controls, a name with terminal escapes.
+        let evil = BootEntry {
+            nixos_version: "24.11\n nixboot: booting x\r\u{9b}31m\u{9d}0;t\u{7}".into(),
+            specialisation: Some("dbg\u{1b}]0;PWNED\u{7}\u{1b}[2J".into()),
+            ..s
+        };
+        let l = label(&evil, Some(1_748_736_000));
+        assert_eq!(
+            l,
+            "NixOS - Configuration 42 (2025-06-01 - 24.11\\n nixboot: booting x\\r\\u{009b}31m\\u{009d}0;t\\u{0007}) - dbg\\u{001b}]0;PWNED\\u{0007}\\u{001b}[2J"
+        );
+        let long = BootEntry {
+            nixos_version: "v".repeat(70_000),
+            ..evil
+        };
+        assert!(label(&long, None).len() < 500);
     }
 }

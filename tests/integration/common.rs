@@ -1065,9 +1065,26 @@ pub fn run_pty(program: &Path, args: &[OsString], timeout: Duration) -> Ran {
 /// [`run_pty`], typing `keys` into the terminal: each entry is written once
 /// the console shows its text (or after 10 s if it never does).
 pub fn run_pty_typing(program: &Path, args: &[OsString], timeout: Duration, keys: &[(&str, &[u8])]) -> Ran {
+    run_pty_with(program, args, timeout, keys, &[], None)
+}
+
+/// A function run on its own thread with the pid of the process just
+/// started (to watch or signal it and its children).
+pub type Watcher = Box<dyn FnOnce(nix::unistd::Pid) + Send>;
+
+/// [`run_pty_typing`] with extra environment variables, and `watch`
+/// started with the pid of the process.
+pub fn run_pty_with(
+    program: &Path,
+    args: &[OsString],
+    timeout: Duration,
+    keys: &[(&str, &[u8])],
+    env: &[(String, String)],
+    watch: Option<Watcher>,
+) -> Ran {
     let (pty, pts) = pty_process::blocking::open().expect("openpty");
     let pty = std::sync::Arc::new(pty);
-    let cmd = pty_process::blocking::Command::new(program)
+    let mut cmd = pty_process::blocking::Command::new(program)
         .args(args)
         .env_clear()
         .env(
@@ -1076,8 +1093,15 @@ pub fn run_pty_typing(program: &Path, args: &[OsString], timeout: Duration, keys
         )
         .env("TERM", "vt100")
         .env("LC_ALL", "C");
+    for (k, v) in env {
+        cmd = cmd.env(k, v);
+    }
     let start = Instant::now();
     let mut child = cmd.spawn(pts).expect("spawn under pty");
+    let watcher = watch.map(|w| {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+        std::thread::spawn(move || w(pid))
+    });
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
     let reader = pty.clone();
@@ -1133,6 +1157,9 @@ pub fn run_pty_typing(program: &Path, args: &[OsString], timeout: Duration, keys
             (rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default(), true)
         }
     };
+    if let Some(w) = watcher {
+        w.join().expect("the watcher panicked");
+    }
     let console = String::from_utf8_lossy(&raw).replace("\r\n", "\n");
     Ran {
         status,
@@ -1159,6 +1186,8 @@ pub struct Libxl {
     address_space: Option<u64>,
     menu: bool,
     keys: Vec<(String, Vec<u8>)>,
+    env: Vec<(String, String)>,
+    watch: Option<std::sync::Arc<std::sync::Mutex<Option<Watcher>>>>,
 }
 
 impl Libxl {
@@ -1198,6 +1227,18 @@ impl Libxl {
     pub fn type_after(mut self, wait_for: &str, keys: &[u8]) -> Self {
         self.menu = true;
         self.keys.push((wait_for.to_owned(), keys.to_vec()));
+        self
+    }
+    /// Set an environment variable (libxl's environment is otherwise
+    /// `PATH`, `TERM=vt100`, `LC_ALL=C`).
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_owned(), v.to_owned()));
+        self
+    }
+    /// Run `w` on its own thread with the pid of the process started
+    /// (nixboot, or prlimit which execs it), once.
+    pub fn watch(mut self, w: impl FnOnce(nix::unistd::Pid) + Send + 'static) -> Self {
+        self.watch = Some(std::sync::Arc::new(std::sync::Mutex::new(Some(Box::new(w)))));
         self
     }
     /// Run through `prlimit --as=BYTES` (address-space cap on the whole
@@ -1256,13 +1297,14 @@ impl Libxl {
         let argv = self.argv(&out, &dir, disk);
         let timeout = RUN_TIMEOUT;
         let keys: Vec<(&str, &[u8])> = self.keys.iter().map(|(w, k)| (w.as_str(), k.as_slice())).collect();
+        let watch = self.watch.as_ref().and_then(|w| w.lock().unwrap().take());
         let mut ran = match self.address_space {
-            None => run_pty_typing(Path::new(NIXBOOT), &argv, timeout, &keys),
+            None => run_pty_with(Path::new(NIXBOOT), &argv, timeout, &keys, &self.env, watch),
             Some(bytes) => {
                 let prlimit = tool("prlimit").expect("prlimit (check with have() first)");
                 let mut a = vec![OsString::from(format!("--as={bytes}")), "--".into(), NIXBOOT.into()];
                 a.extend(argv);
-                run_pty(&prlimit, &a, timeout)
+                run_pty_with(&prlimit, &a, timeout, &keys, &self.env, watch)
             }
         };
         ran.out_file = Some(out);
@@ -1528,6 +1570,96 @@ pub fn assert_console_safe(ran: &Ran) {
         "raw control bytes on the console: {}",
         ran.console
     );
+}
+
+// ---------------------------------------------------------------------------
+// Watching nixboot's parse children
+
+/// The pids whose parent is `parent` (from `/proc/*/stat`).
+pub fn children_of(parent: nix::unistd::Pid) -> Vec<nix::unistd::Pid> {
+    let mut out = Vec::new();
+    let Ok(dir) = fs::read_dir("/proc") else { return out };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid …; comm may hold spaces and parentheses.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(parent.as_raw()) {
+            out.push(nix::unistd::Pid::from_raw(pid));
+        }
+    }
+    out
+}
+
+/// Whether `pid` is alive (exists and is not a zombie).
+pub fn alive(pid: nix::unistd::Pid) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Wait up to `within` for a child of `parent` other than `except`.
+pub fn wait_for_child(
+    parent: nix::unistd::Pid,
+    except: &[nix::unistd::Pid],
+    within: Duration,
+) -> Option<nix::unistd::Pid> {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if let Some(c) = children_of(parent).into_iter().find(|c| !except.contains(c)) {
+            return Some(c);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    None
+}
+
+/// The parent's own peak RSS in KiB from nixboot's usage lines
+/// (`RUST_LOG=nixboot::usage=debug`): the largest one printed.
+pub fn parent_peak_rss_kib(console: &str) -> Option<u64> {
+    console
+        .lines()
+        .filter_map(|l| l.split("parent peak RSS ").nth(1))
+        .filter_map(|r| r.split(' ').next()?.parse().ok())
+        .max()
+}
+
+/// Assert the console is safe for a terminal: valid UTF-8; no C0
+/// control but newlines and carriage returns, and a carriage return only
+/// before a newline or the menu's countdown and stop lines; no DEL, no
+/// C1 control (U+0080..U+009F).
+pub fn assert_terminal_clean(ran: &Ran) {
+    let text = std::str::from_utf8(&ran.raw).unwrap_or_else(|e| panic!("console is not UTF-8 ({e}): {}", ran.console));
+    for (i, c) in text.char_indices() {
+        let bad = match c {
+            '\n' => false,
+            '\r' => {
+                let rest = &text[i + c.len_utf8()..];
+                !(rest.starts_with('\n')
+                    || rest.starts_with('\r')
+                    || rest.starts_with("Booting the highlighted")
+                    || rest.starts_with("Countdown"))
+            }
+            c => c.is_control(),
+        };
+        assert!(
+            !bad,
+            "raw control U+{:04X} on the console at byte {i}: {:?}",
+            u32::from(c),
+            String::from_utf8_lossy(&ran.raw[i.saturating_sub(80)..(i + 40).min(ran.raw.len())])
+        );
+    }
 }
 
 #[cfg(test)]

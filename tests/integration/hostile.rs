@@ -18,15 +18,42 @@ const CAP: u64 = 256 << 20;
 /// below nixboot's own 60 s parse deadline.
 const QUICK: Duration = Duration::from_secs(20);
 
+/// The privileged parent's peak RSS on any hostile image, in KiB: a few
+/// MiB of its own plus what a listing may cost it.
+const PARENT_RSS_KIB: u64 = 32 * 1024;
+
+/// Makes nixboot print its resource usage (parent and children) alone.
+const USAGE_LOG: (&str, &str) = ("RUST_LOG", "nixboot::usage=debug");
+
+/// The parent's peak RSS, from its usage lines, is under
+/// [`PARENT_RSS_KIB`].
+fn assert_parent_small(ran: &Ran) {
+    let rss = common::parent_peak_rss_kib(&ran.console);
+    assert!(
+        rss.is_some_and(|r| r < PARENT_RSS_KIB),
+        "parent peak RSS {rss:?} KiB (limit {PARENT_RSS_KIB}):\n{}",
+        ran.console
+    );
+}
+
 /// Run `xl` on `disk` under [`CAP`] and check what every hostile case
 /// must satisfy; the caller then checks the error or the result.
 fn run_capped(xl: Libxl, disk: &std::path::Path) -> Ran {
+    run_capped_within(xl, disk, QUICK)
+}
+
+/// [`run_capped`] for the heaviest images (megabytes of boot.json in
+/// every generation, in a debug build on shared cores), which must still
+/// end well within nixboot's own deadline.
+fn run_capped_within(xl: Libxl, disk: &std::path::Path, within: Duration) -> Ran {
     let before = common::fingerprint(disk);
-    let ran = xl.address_space(CAP).run(disk);
+    let ran = xl.address_space(CAP).env(USAGE_LOG.0, USAGE_LOG.1).run(disk);
     ran.assert_ended_cleanly();
-    assert!(ran.elapsed < QUICK, "took {:?}:\n{}", ran.elapsed, ran.console);
+    assert!(ran.elapsed < within, "took {:?}:\n{}", ran.elapsed, ran.console);
     assert_eq!(common::fingerprint(disk), before, "the disk image changed");
     common::assert_console_safe(&ran);
+    common::assert_terminal_clean(&ran);
+    assert_parent_small(&ran);
     ran
 }
 
@@ -709,4 +736,559 @@ fn hostile_lvm_metadata() {
         fs::write(&disk, img).unwrap();
         run_capped(libxl(), &disk).expect_guest_error(&[what, want]);
     }
+}
+
+// ---------------------------------------------------------------------------
+// Issue 11: a guest must not flood dom0's logs, inflate the parent, inject
+// escapes or outlive it.
+
+/// Specialisations per generation in [`flood_image`].
+const FLOOD_SPECS: usize = 256;
+
+/// The issue's flooding image: `gens` generation links to one legacy
+/// toplevel whose `specialisation/` holds [`FLOOD_SPECS`] links, with
+/// names of 250 bytes, to directories ~3.5 KiB deep that are not NixOS
+/// systems. Each link is a failure with a long path in it, in every
+/// generation; on main this wrote hundreds of MB to the console. With
+/// `distinct`, every link has a toplevel of its own (sharing the kernel
+/// and, by a symlink, the `specialisation` directory): no generation can
+/// reuse another's work, so listing takes seconds (the slow image the
+/// signal and descriptor tests need).
+fn flood_image(gens: u64, distinct: bool) -> Option<common::Image> {
+    Tree::nixos()
+        .generation(1, Style::Legacy)
+        .current(gens)
+        .extra_inodes(2 * FLOOD_SPECS as u64 + 4 * gens + 64)
+        .with(move |root| {
+            let mut deep = String::from("/nix/store");
+            for k in 0..14 {
+                deep.push_str(&format!("/c{k:02}{}", "d".repeat(247)));
+            }
+            let top = toplevel_of(1, None);
+            let specs = root.join(top.trim_start_matches('/')).join("specialisation");
+            fs::create_dir_all(&specs).unwrap();
+            for i in 0..FLOOD_SPECS {
+                let target = format!("{deep}/l{i:03}");
+                fs::create_dir_all(root.join(target.trim_start_matches('/'))).unwrap();
+                let name = format!("s{i:03}{}", "x".repeat(246));
+                std::os::unix::fs::symlink(&target, specs.join(name)).unwrap();
+            }
+            let dir = root.join(common::PROFILES.trim_start_matches('/'));
+            for n in 2..=gens {
+                let target = if distinct {
+                    let t = format!("/nix/store/{}-nixos-system-flood-{n}", common::store_hash("flood", n));
+                    let host = root.join(t.trim_start_matches('/'));
+                    fs::create_dir_all(&host).unwrap();
+                    std::os::unix::fs::symlink(common::kernel_of(1), host.join("kernel")).unwrap();
+                    std::os::unix::fs::symlink(format!("{top}/specialisation"), host.join("specialisation")).unwrap();
+                    t
+                } else {
+                    top.clone()
+                };
+                std::os::unix::fs::symlink(&target, dir.join(format!("system-{n}-link"))).unwrap();
+            }
+        })
+        .image(Layout::Bare, BlockSize::K4)
+}
+
+/// The budget of console bytes for a boot through the menu: the
+/// children's 64 KiB log budget, plus the parent's own lines and the
+/// menu (a screenful).
+const CONSOLE_BUDGET: usize = 64 * 1024 + 16 * 1024;
+
+/// Issue 11 point 1: a boot of the flooding image through the menu (the
+/// listing child reads every generation) writes a bounded console: the
+/// per-specialisation failures are debug lines, summed up in one line,
+/// and the parent relays the children's stderr within a budget. The same
+/// at `-vv` (debug), where the budget itself is what bounds it.
+#[test]
+fn a_flooding_image_cannot_flood_the_console() {
+    if !prlimit() {
+        return;
+    }
+    let Some(img) = flood_image(100, false) else {
+        return;
+    };
+    let ran = hostile(libxl().menu().bootloader_args(&["--timeout=1"]), &img);
+    eprintln!("flood image through the menu: {} console bytes", ran.raw.len());
+    assert!(ran.raw.len() < CONSOLE_BUDGET, "{} console bytes", ran.raw.len());
+    ran.expect_boot().assert_entry(&img, img.entry(1), None);
+    assert!(
+        ran.console
+            .contains("nixboot: warn: 25600 specialisations could not be read; `nixboot list` shows why"),
+        "{}",
+        ran.console
+    );
+    let ran = hostile(libxl().menu().bootloader_args(&["--timeout=1", "-vv"]), &img);
+    eprintln!("flood image through the menu at -vv: {} console bytes", ran.raw.len());
+    assert!(ran.raw.len() < CONSOLE_BUDGET, "{} console bytes", ran.raw.len());
+    ran.expect_boot();
+    assert!(
+        ran.console.contains("lines of the parser's log suppressed"),
+        "{}",
+        ran.console
+    );
+    // Restricted mode (no menu, `--quiet`): one summary line.
+    if nix::unistd::geteuid().is_root() {
+        let ran = hostile(libxl().runas(65534), &img);
+        eprintln!("flood image in restricted mode: {} console bytes", ran.raw.len());
+        assert!(ran.raw.len() < 4096, "{} console bytes", ran.raw.len());
+        ran.expect_boot();
+    }
+    // `nixboot list` shows why, each path shortened.
+    let out = std::process::Command::new(common::NIXBOOT)
+        .args(["list", img.path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8(out.stdout).unwrap();
+    let why: Vec<&str> = table.lines().filter(|l| l.contains("(cannot be read: ")).collect();
+    assert_eq!(why.len(), 100 * FLOOD_SPECS, "{}", &table[..2000.min(table.len())]);
+    assert!(why.iter().all(|l| l.len() < 1200), "{}", why[0]);
+    assert!(
+        why[0].contains("is not a NixOS system") && why[0].contains("…"),
+        "{}",
+        why[0]
+    );
+}
+
+/// The issue's memory amplifier: 64 links to one toplevel whose boot.json
+/// has 255 specialisations of 480 parameters each. The menu (listing
+/// child) and `nixboot list` (both forms) must keep the privileged
+/// parent under [`PARENT_RSS_KIB`]; on main it peaked at 457 MB.
+#[test]
+fn huge_specialisations_do_not_inflate_the_parent() {
+    if !prlimit() {
+        return;
+    }
+    let top = toplevel_of(1, None);
+    let tree = Tree::nixos()
+        .generation(1, Style::Bootspec)
+        .current(64)
+        .with(move |root| {
+            let p = root.join(format!("{}/boot.json", top.trim_start_matches('/')));
+            let mut doc: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+            let mut v1 = doc["org.nixos.bootspec.v1"].clone();
+            v1["kernelParams"] = (0..480).map(|i| format!("p{i}")).collect::<Vec<_>>().into();
+            let specs: serde_json::Map<String, serde_json::Value> = (0..255)
+                .map(|i| {
+                    (
+                        format!("s{i}"),
+                        serde_json::json!({"org.nixos.bootspec.v1": v1, "org.nixos.specialisation.v1": {}}),
+                    )
+                })
+                .collect();
+            doc["org.nixos.specialisation.v1"] = specs.into();
+            let bytes = serde_json::to_vec(&doc).unwrap();
+            assert!(bytes.len() > 512 * 1024 && bytes.len() < 1 << 20, "{}", bytes.len());
+            fs::write(&p, bytes).unwrap();
+            let dir = root.join(common::PROFILES.trim_start_matches('/'));
+            for n in 2..=64u64 {
+                std::os::unix::fs::symlink(&top, dir.join(format!("system-{n}-link"))).unwrap();
+            }
+        });
+    let Some(img) = tree.image(Layout::Bare, BlockSize::K4) else {
+        return;
+    };
+    if let Ok(keep) = std::env::var("NIXBOOT_TEST_KEEP_IMAGE") {
+        fs::copy(&img.path, keep).unwrap();
+    }
+    let ran = run_capped_within(
+        libxl().menu().bootloader_args(&["--timeout=1"]),
+        &img.path,
+        Duration::from_secs(45),
+    );
+    let booted = ran.expect_boot();
+    booted.assert_kernel(&img.guest_bytes(&img.entry(1).kernel));
+    for json in [false, true] {
+        let mut args = vec!["list"];
+        if json {
+            args.push("--json");
+        }
+        args.push(img.path.to_str().unwrap());
+        let out = std::process::Command::new(common::tool("prlimit").unwrap())
+            .arg(format!("--as={CAP}"))
+            .arg("--")
+            .arg(common::NIXBOOT)
+            .args(&args)
+            .env(USAGE_LOG.0, USAGE_LOG.1)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        let rss = common::parent_peak_rss_kib(&err);
+        assert!(
+            rss.is_some_and(|r| r < PARENT_RSS_KIB),
+            "list --json={json}: {rss:?} KiB\n{err}"
+        );
+        if json {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let gens = v["generations"].as_array().unwrap();
+            assert_eq!(gens.len(), 64);
+            assert_eq!(gens[0]["specialisations"].as_array().unwrap().len(), 255);
+            assert_eq!(gens[0]["kernelParams"].as_array().unwrap().len(), 3);
+        } else {
+            let lines = String::from_utf8(out.stdout).unwrap().lines().count();
+            assert_eq!(lines, 64 * 256 + 1);
+        }
+    }
+}
+
+/// A `nixos-version` that forges a log line (a newline, then what looks
+/// like nixboot's own summary), with a raw carriage return, C1 CSI/OSC
+/// (U+009B, U+009D) and BEL; in the default generation (not bootable, so
+/// the child logs its label twice) and the one it falls back to.
+const EVIL_VERSION: &str =
+    "24.11\n nixboot: booting NixOS - Configuration 9 (forged) from the installed default\r\u{9b}31m\u{9d}0;x\u{7}";
+
+/// A specialisation name with terminal escapes (title, clear screen,
+/// colour) and a C1 CSI.
+const EVIL_SPEC: &str = "dbg\u{1b}]0;PWNED\u{7}\u{1b}[2J\u{1b}[1;31mRED\u{9b}0m";
+
+/// Issue 11 point 3: guest strings reach no terminal, log or stdout raw:
+/// the boot log (with and without the menu, `-n`), `nixboot list` and
+/// `list --json` (whose C1 controls are `\u` escapes).
+#[test]
+fn guest_strings_are_escaped_on_every_output_path() {
+    if !prlimit() {
+        return;
+    }
+    let tree = Tree::nixos()
+        .generation(1, Style::Legacy)
+        .specialisation(EVIL_SPEC, &["console=hvc0"])
+        .generation(2, Style::Bootspec)
+        .specialisation(EVIL_SPEC, &["console=hvc0"])
+        .current(2)
+        .file(&format!("{}/nixos-version", toplevel_of(1, None)), EVIL_VERSION)
+        .file(&format!("{}/nixos-version", toplevel_of(2, None)), EVIL_VERSION)
+        .file(&common::kernel_of(2), b"not a kernel".repeat(20_000));
+    let Some(img) = tree.image(Layout::Bare, BlockSize::K4) else {
+        return;
+    };
+    let one_summary = |ran: &Ran| {
+        // The forged line stays inside the escaped label of real lines.
+        assert!(
+            !ran.console.lines().any(|l| l.starts_with(" nixboot")),
+            "{}",
+            ran.console
+        );
+        let lines: Vec<&str> = ran
+            .console
+            .lines()
+            .filter(|l| l.starts_with("nixboot: booting"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{}", ran.console);
+        assert!(
+            lines[0].starts_with("nixboot: booting NixOS - Configuration 1 ("),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[0].contains("24.11\\n nixboot: booting"), "{}", lines[0]);
+    };
+    for xl in [
+        libxl(),
+        libxl().menu().bootloader_args(&["--timeout=1"]),
+        libxl().bootloader_args(&["-n"]),
+    ] {
+        let ran = hostile(xl, &img);
+        assert_eq!(ran.status.code(), Some(0), "{}", ran.console);
+        one_summary(&ran);
+        assert!(
+            ran.console.contains("*** the default entry NixOS - Configuration 2"),
+            "{}",
+            ran.console
+        );
+    }
+    let entry = format!("--entry=1/{EVIL_SPEC}");
+    let ran = hostile(libxl().bootloader_args(&[&entry]), &img);
+    ran.expect_boot().assert_entry(&img, img.spec(1, EVIL_SPEC), None);
+    assert!(
+        ran.console.contains(" - dbg\\u{001b}]0;PWNED\\u{0007}\\u{001b}[2J"),
+        "{}",
+        ran.console
+    );
+    // `nixboot list`, both forms, on a terminal.
+    for json in [false, true] {
+        let mut args = vec!["list"];
+        if json {
+            args.push("--json");
+        }
+        args.push(img.path.to_str().unwrap());
+        let ran = common::nixboot(&args);
+        assert_eq!(ran.status.code(), Some(0), "{}", ran.console);
+        common::assert_console_safe(&ran);
+        common::assert_terminal_clean(&ran);
+        if json {
+            let v: serde_json::Value = serde_json::from_str(&ran.console).unwrap();
+            assert_eq!(v["generations"][0]["specialisations"][0], EVIL_SPEC);
+            assert_eq!(v["generations"][1]["nixosVersion"], EVIL_VERSION);
+            assert!(ran.console.contains("\\u009b"), "{}", ran.console);
+        } else {
+            assert!(ran.console.contains("2/dbg\\u{001b}]0;PWNED"), "{}", ran.console);
+        }
+    }
+}
+
+/// Issue 11 point 4: libxl stops a bootloader with SIGTERM (domain
+/// destroyed) or SIGKILL (restricted-mode timeout), to the parent only.
+/// The parse child must be gone within a second either way: the parent
+/// kills it on SIGTERM, and the kernel kills it (PR_SET_PDEATHSIG) when
+/// the parent dies of SIGKILL.
+#[test]
+fn the_parser_dies_with_its_parent() {
+    let Some(img) = flood_image(300, true) else {
+        return;
+    };
+    for sig in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGKILL] {
+        let mut parent = std::process::Command::new(common::NIXBOOT)
+            .args(["list", img.path.to_str().unwrap()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let ppid = nix::unistd::Pid::from_raw(i32::try_from(parent.id()).unwrap());
+        let child = common::wait_for_child(ppid, &[], Duration::from_secs(10)).expect("no parse child");
+        // Mid-parse: the listing of this image takes seconds.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            common::alive(child),
+            "{sig}: the parser ended before the test could stop it"
+        );
+        nix::sys::signal::kill(ppid, sig).unwrap();
+        let status = parent.wait().unwrap();
+        let t = std::time::Instant::now();
+        while common::alive(child) && t.elapsed() < Duration::from_secs(1) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !common::alive(child),
+            "{sig}: the parser outlived its parent ({status:?})"
+        );
+    }
+}
+
+/// Issue 11 point 5: the listing child and the boot child share one
+/// deadline. With a 4 s run deadline, the children stopped for 3 s and
+/// 2.5 s (each alone within 4 s) make the run fail with the deadline
+/// error; on main each child had a deadline of its own.
+#[test]
+fn one_deadline_for_the_whole_run() {
+    let Some(img) = flood_image(100, false) else {
+        return;
+    };
+    // The listing child is stopped for 3 s, the boot child for 2.5 s (if
+    // the watcher catches it before it ends: with under 1 s left, it
+    // cannot finish either way).
+    let stop_each = |parent: nix::unistd::Pid| {
+        let mut seen = Vec::new();
+        for stop in [3000, 2500] {
+            let Some(c) = common::wait_for_child(parent, &seen, Duration::from_secs(20)) else {
+                return;
+            };
+            seen.push(c);
+            let _ = nix::sys::signal::kill(c, nix::sys::signal::Signal::SIGSTOP);
+            std::thread::sleep(Duration::from_millis(stop));
+            let _ = nix::sys::signal::kill(c, nix::sys::signal::Signal::SIGCONT);
+        }
+    };
+    let ran = libxl()
+        .menu()
+        .bootloader_args(&["--timeout=1"])
+        .env("NIXBOOT_PARSE_DEADLINE", "4")
+        .watch(stop_each)
+        .run(&img.path);
+    ran.expect_guest_error(&["reading the disk took longer than 4 s in all; the parser was stopped"]);
+    // The same run without stops boots.
+    let ran = libxl()
+        .menu()
+        .bootloader_args(&["--timeout=1"])
+        .env("NIXBOOT_PARSE_DEADLINE", "20")
+        .run(&img.path);
+    ran.expect_boot();
+}
+
+/// The descriptors of a running parse child that is confined (seccomp
+/// filter installed): (fd, target) pairs.
+fn confined_child_fds(parent: nix::unistd::Pid) -> Vec<(String, String)> {
+    let child = common::wait_for_child(parent, &[], Duration::from_secs(10)).expect("no parse child");
+    let t = std::time::Instant::now();
+    loop {
+        let status = fs::read_to_string(format!("/proc/{child}/status")).unwrap_or_default();
+        if status.lines().any(|l| l.starts_with("Seccomp:") && l.ends_with('2')) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the child never confined itself: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut fds: Vec<(String, String)> = fs::read_dir(format!("/proc/{child}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let target = fs::read_link(e.path())
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            (e.file_name().to_string_lossy().into_owned(), target)
+        })
+        .collect();
+    fds.sort();
+    fds
+}
+
+/// Issue 11 point 6: the child closes every descriptor it inherited
+/// (`nixboot list disk 5</some/file` left fd 5 readable under seccomp)
+/// and holds no terminal: its stderr is a pipe to the parent.
+#[test]
+fn the_parser_inherits_no_descriptor_and_no_terminal() {
+    if !have(&["sh"]) {
+        return;
+    }
+    let Some(img) = flood_image(300, true) else {
+        return;
+    };
+    let secret = img.scratch("dom0-secret");
+    fs::write(&secret, "dom0 secret\n").unwrap();
+    let fds = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = fds.clone();
+    let sh = common::tool("sh").unwrap();
+    let args: Vec<std::ffi::OsString> = vec![
+        "-c".into(),
+        "exec \"$0\" list \"$1\" 5<\"$2\" >/dev/null".into(),
+        common::NIXBOOT.into(),
+        img.path.clone().into(),
+        secret.clone().into(),
+    ];
+    let ran = common::run_pty_with(
+        &sh,
+        &args,
+        common::RUN_TIMEOUT,
+        &[],
+        &[],
+        Some(Box::new(move |pid| {
+            *seen.lock().unwrap() = confined_child_fds(pid);
+            // Seen: no need to wait for the whole (slow) listing.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        })),
+    );
+    assert_eq!(ran.status.code(), Some(128 + 15), "{}", ran.console);
+    let fds = fds.lock().unwrap().clone();
+    let secret = secret.display().to_string();
+    eprintln!("parser descriptors: {fds:?}");
+    assert!(!fds.is_empty());
+    for (fd, target) in &fds {
+        assert!(target != &secret, "fd {fd} of the parser is the dom0 file: {fds:?}");
+        assert!(
+            !target.starts_with("/dev/pts") && !target.starts_with("/dev/tty"),
+            "fd {fd} is a terminal: {fds:?}"
+        );
+    }
+    assert!(fds.iter().any(|(fd, t)| fd == "2" && t.starts_with("pipe:")), "{fds:?}");
+}
+
+/// Issue 11 point 7: with stderr a regular file, the child's log lines
+/// (it has `RLIMIT_FSIZE` 0) no longer kill it with SIGXFSZ: they go
+/// through the parent.
+#[test]
+fn list_with_stderr_redirected_to_a_file() {
+    if !have(&["sh"]) {
+        return;
+    }
+    let Some(img) = one_gen(Style::Bootspec).image(Layout::Bare, BlockSize::K4) else {
+        return;
+    };
+    let log = img.scratch("stderr.log");
+    let out = std::process::Command::new(common::tool("sh").unwrap())
+        .args(["-c", "exec \"$0\" list -v \"$1\" 2>\"$2\""])
+        .arg(common::NIXBOOT)
+        .arg(&img.path)
+        .arg(&log)
+        .output()
+        .unwrap();
+    let log = fs::read_to_string(&log).unwrap();
+    assert!(out.status.success(), "{:?}: {log}", out.status);
+    assert!(log.contains("nixboot: debug: using the ext4 in whole disk"), "{log}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NixOS - Configuration 1 ("));
+}
+
+/// Issue 11 point 7: without `--output-directory`, the private temporary
+/// directory is removed when the boot fails (and kept when it succeeds:
+/// it holds what libxl reads).
+#[test]
+fn the_private_output_directory_is_removed_on_failure() {
+    let Some(img) = one_gen(Style::Legacy).image(Layout::Bare, BlockSize::K4) else {
+        return;
+    };
+    let tmp = img.scratch("tmp");
+    fs::create_dir(&tmp).unwrap();
+    let run = |extra: &[&str]| {
+        std::process::Command::new(common::NIXBOOT)
+            .args(extra)
+            .arg("--output-format=simple")
+            .arg(&img.path)
+            .env("TMPDIR", &tmp)
+            .env("NIXBOOT_CACHE_DIR", "")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--entry=99"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(common::dir_entries(&tmp), Vec::<std::path::PathBuf>::new());
+    let out = run(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(common::dir_entries(&tmp).len(), 1);
+}
+
+/// Issue 11 point 7: the kernel cache key covers the whole kernel. A
+/// kernel with the same path, size and first and last 64 KiB as a cached
+/// one, but another middle, is checked again (the cache only skips
+/// checks); the same kernel again is not.
+#[test]
+fn the_kernel_cache_key_covers_every_byte() {
+    let kernel = common::kernel_of(1);
+    let Some(a) = one_gen(Style::Legacy)
+        .kernel_size(400_000)
+        .image(Layout::Bare, BlockSize::K4)
+    else {
+        return;
+    };
+    let mut other = a.guest_bytes(&kernel);
+    for b in &mut other[100_000..300_000] {
+        *b ^= 0x5a;
+    }
+    let Some(b) = one_gen(Style::Legacy)
+        .kernel_size(400_000)
+        .file(&kernel, other)
+        .image(Layout::Bare, BlockSize::K4)
+    else {
+        return;
+    };
+    let cache = a.scratch("cache");
+    let boot = |img: &common::Image| {
+        let out = std::process::Command::new(common::NIXBOOT)
+            .args(["-n", "-vv", img.path.to_str().unwrap()])
+            .env("NIXBOOT_CACHE_DIR", &cache)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        err.contains("already known to be a Xen PV kernel")
+    };
+    // -n does not remember; a real boot does.
+    let dir = a.scratch("out");
+    fs::create_dir(&dir).unwrap();
+    let out = std::process::Command::new(common::NIXBOOT)
+        .arg(format!("--output-directory={}", dir.display()))
+        .arg(&a.path)
+        .env("NIXBOOT_CACHE_DIR", &cache)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(boot(&a), "the same kernel is checked again");
+    assert!(!boot(&b), "a kernel with another middle was taken for the cached one");
 }
