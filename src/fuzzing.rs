@@ -517,7 +517,9 @@ impl SparseImage {
         let mut out = Vec::new();
         let last = image.len().div_ceil(SPARSE_BLOCK).saturating_sub(1);
         for (i, b) in image.chunks(SPARSE_BLOCK).enumerate() {
-            let (Ok(idx), Ok(i64)) = (u32::try_from(i), u64::try_from(i)) else { break };
+            let (Ok(idx), Ok(i64)) = (u32::try_from(i), u64::try_from(i)) else {
+                break;
+            };
             if idx >= SPARSE_MAX_BLOCKS {
                 break;
             }
@@ -596,7 +598,9 @@ fn btrfs_walk(image: &dyn BlockSource, fs: &crate::fs::GuestFs, dir: &[u8], dept
     if depth > 8 {
         return;
     }
-    let Ok(entries) = fs.list_dir_stat(dir, |_| true) else { return };
+    let Ok(entries) = fs.list_dir_stat(dir, |_| true) else {
+        return;
+    };
     for e in entries {
         if *budget == 0 {
             return;

@@ -140,16 +140,21 @@ fn disk_seeds_boot() {
 /// reach file data.
 #[test]
 fn btrfs_seeds_open() {
-    use std::rc::Rc;
     use nixboot::fs::FileSystem;
+    use std::rc::Rc;
     for p in sorted(&testdata().join("fuzz/seeds/btrfs")) {
         let img = nixboot::fuzzing::SparseImage::decode(&fs::read(&p).unwrap());
         let src: Rc<dyn nixboot::disk::BlockSource> = Rc::new(img);
         let w = nixboot::disk::Window::new(src.clone(), 0, src.len()).unwrap();
         let subvols = nixboot::fs::btrfs::open_subvolumes(w).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        let found = subvols.iter().any(|s| {
-            s.lstat(b"/nix/var/nix/profiles/system").is_ok() || s.lstat(b"/var/nix/profiles/system").is_ok()
-        });
-        assert!(found, "{}: no system profile in {} subvolumes", p.display(), subvols.len());
+        let found = subvols
+            .iter()
+            .any(|s| s.lstat(b"/nix/var/nix/profiles/system").is_ok() || s.lstat(b"/var/nix/profiles/system").is_ok());
+        assert!(
+            found,
+            "{}: no system profile in {} subvolumes",
+            p.display(),
+            subvols.len()
+        );
     }
 }

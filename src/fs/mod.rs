@@ -89,10 +89,7 @@ pub fn probe(window: Window) -> Result<Vec<Rc<dyn FileSystem>>, FsError> {
                 path: "the btrfs filesystem".into(),
                 source,
             })?;
-            Ok(subvols
-                .into_iter()
-                .map(|s| Rc::new(s) as Rc<dyn FileSystem>)
-                .collect())
+            Ok(subvols.into_iter().map(|s| Rc::new(s) as Rc<dyn FileSystem>).collect())
         }
         Err(FsError::NotExt4) => Err(FsError::NotAFilesystem),
         Err(e) => Err(e),

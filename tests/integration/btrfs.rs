@@ -139,7 +139,11 @@ fn walk_reader(sv: &Subvol, image: &Path, sort: bool) -> BTreeMap<Vec<u8>, Seen>
                     // The streaming reader agrees with the fast path.
                     let mut streamed = Vec::new();
                     std::io::Read::read_to_end(&mut map.reader(), &mut streamed).unwrap();
-                    assert!(streamed == data, "reader and read_all differ on {}", String::from_utf8_lossy(&p));
+                    assert!(
+                        streamed == data,
+                        "reader and read_all differ on {}",
+                        String::from_utf8_lossy(&p)
+                    );
                     if let Some(runs) = map.data_runs() {
                         let mut from_runs = Vec::new();
                         for (off, len) in runs {
@@ -230,7 +234,12 @@ fn assert_same(what: &str, a: &BTreeMap<Vec<u8>, Seen>, b: &BTreeMap<Vec<u8>, Se
                 Seen::File { data, mtime } => format!("file of {} bytes, mtime {mtime}", data.len()),
                 other => format!("{other:?}"),
             };
-            panic!("{what}: {} differs: nixboot {} vs {}", String::from_utf8_lossy(k), short(v), short(w));
+            panic!(
+                "{what}: {} differs: nixboot {} vs {}",
+                String::from_utf8_lossy(k),
+                short(v),
+                short(w)
+            );
         }
     }
 }
@@ -243,7 +252,11 @@ fn open(image: &Path) -> Result<Vec<Subvol>, BtrfsError> {
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -269,7 +282,10 @@ fn btrfs_rootdir_matches_tree() {
     for (name, extra) in [
         ("default (dup metadata, 16 KiB nodes)", &[][..]),
         ("mixed block groups, 4 KiB nodes", &["-M"][..]),
-        ("single metadata, 64 KiB nodes, xxhash", &["-m", "single", "-n", "65536", "--csum", "xxhash"][..]),
+        (
+            "single metadata, 64 KiB nodes, xxhash",
+            &["-m", "single", "-n", "65536", "--csum", "xxhash"][..],
+        ),
         ("sha256", &["--csum", "sha256"][..]),
         ("blake2", &["--csum", "blake2", "-L", "NIXOS"][..]),
     ] {
@@ -315,7 +331,11 @@ struct Mounted {
 impl Mounted {
     fn new(img: &Path, dir: &Path, opts: &str) -> Mounted {
         fs::create_dir_all(dir).unwrap();
-        run(Command::new("mount").arg("-o").arg(format!("loop,{opts}")).arg(img).arg(dir));
+        run(Command::new("mount")
+            .arg("-o")
+            .arg(format!("loop,{opts}"))
+            .arg(img)
+            .arg(dir));
         Mounted { dir: dir.to_owned() }
     }
 }
@@ -371,7 +391,11 @@ fn btrfs_subvolumes_match_kernel() {
     let listed;
     {
         let m = Mounted::new(&img, &mnt, "compress=zstd");
-        let sub = |p: &str| run(Command::new("btrfs").args(["-q", "subvolume", "create"]).arg(m.dir.join(p)));
+        let sub = |p: &str| {
+            run(Command::new("btrfs")
+                .args(["-q", "subvolume", "create"])
+                .arg(m.dir.join(p)))
+        };
         sub("@");
         sub("@nix");
         sub("@home");
@@ -388,8 +412,13 @@ fn btrfs_subvolumes_match_kernel() {
         fs::write(m.dir.join("vols/inner/deep/file"), b"deep\n").unwrap();
         fs::write(m.dir.join("top-file"), b"top\n").unwrap();
         // A snapshot of @: its `nested` shows as an empty directory.
-        run(Command::new("btrfs").args(["-q", "subvolume", "snapshot"]).arg(m.dir.join("@")).arg(m.dir.join("snap")));
-        run(Command::new("btrfs").args(["subvolume", "set-default"]).arg(m.dir.join("@")));
+        run(Command::new("btrfs")
+            .args(["-q", "subvolume", "snapshot"])
+            .arg(m.dir.join("@"))
+            .arg(m.dir.join("snap")));
+        run(Command::new("btrfs")
+            .args(["subvolume", "set-default"])
+            .arg(m.dir.join("@")));
         listed = run(Command::new("btrfs").args(["subvolume", "list"]).arg(&m.dir));
     }
     // "ID 256 gen 9 top level 5 path @"
@@ -402,7 +431,10 @@ fn btrfs_subvolumes_match_kernel() {
         .collect();
     let subvols = open(&img).unwrap();
     assert_eq!(subvols[0].path(), b"@", "the default subvolume comes first");
-    assert_eq!(subvols[0].describe(), format!("btrfs subvolume @ (id {})", subvols[0].id()));
+    assert_eq!(
+        subvols[0].describe(),
+        format!("btrfs subvolume @ (id {})", subvols[0].id())
+    );
     let mut got: Vec<(u64, String)> = subvols
         .iter()
         .filter(|s| s.id() != 5)
@@ -683,7 +715,10 @@ fn seed_tree(root: &Path) {
     };
     let sys = "nix/store/6n1xb00t6n1xb00t6n1xb00t6n1xb00t-nixos-system-1";
     let linux = "/nix/store/6l1nux6l1nux6l1nux6l1nux6l1nux6l-linux-6.6";
-    w(&format!("{}/bzImage", &linux[1..]), &nixboot::fixtures::pv_elf(nixboot::fixtures::LINUX_PV_NOTES, 0));
+    w(
+        &format!("{}/bzImage", &linux[1..]),
+        &nixboot::fixtures::pv_elf(nixboot::fixtures::LINUX_PV_NOTES, 0),
+    );
     w(&format!("{}/initrd", &linux[1..]), b"initrd-bytes");
     w(&format!("{sys}/kernel-params"), b"console=hvc0 loglevel=4");
     w(&format!("{sys}/nixos-version"), b"24.05");
@@ -766,7 +801,11 @@ fn make_btrfs_seeds() {
         run(Command::new("mkfs.btrfs").args(["-q", "-f"]).args(uuid).arg(&img));
         {
             let m = Mounted::new(&img, &d.path().join("mnt"), &format!("compress-force={algo}"));
-            let sub = |p: &str| run(Command::new("btrfs").args(["-q", "subvolume", "create"]).arg(m.dir.join(p)));
+            let sub = |p: &str| {
+                run(Command::new("btrfs")
+                    .args(["-q", "subvolume", "create"])
+                    .arg(m.dir.join(p)))
+            };
             sub("@");
             sub("@nix");
             let cp = |from: &Path, to: &Path| run(Command::new("cp").arg("-a").arg(from).arg(to));
@@ -775,8 +814,95 @@ fn make_btrfs_seeds() {
             for e in fs::read_dir(tree.join("nix")).unwrap() {
                 cp(&e.unwrap().path(), &m.dir.join("@nix"));
             }
-            run(Command::new("btrfs").args(["subvolume", "set-default"]).arg(m.dir.join("@")));
+            run(Command::new("btrfs")
+                .args(["subvolume", "set-default"])
+                .arg(m.dir.join("@")));
         }
         fs::write(out.join(format!("subvols-{algo}.sparse")), seed_of(&img)).unwrap();
     }
+}
+
+// ---------------------------------------------------------------------------
+// Booting through the real binary
+
+/// A NixOS tree on `mkfs.btrfs --rootdir` boots like it does on ext4:
+/// the kernel and initrd copies hold the guest's bytes.
+#[test]
+fn btrfs_boots_with_nixboot() {
+    use crate::common::{Style, Tree, libxl};
+    if !have(&["mkfs.btrfs"]) {
+        return;
+    }
+    let dir = tempdir("btrfs-boot");
+    let tree = dir.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    let gens = Tree::nixos()
+        .generation(1, Style::Legacy)
+        .generation(2, Style::Bootspec)
+        .current(2)
+        .write(&tree);
+    let img = mkfs_rootdir(dir.path(), &tree, &[]);
+    let before = fs::read(&img).unwrap();
+    let ran = libxl().run(&img);
+    let booted = ran.expect_boot();
+    let e = &gens[&2].entry;
+    let host = |g: &str| fs::read(tree.join(g.trim_start_matches('/'))).unwrap();
+    booted.assert_kernel(&host(&e.kernel));
+    booted.assert_ramdisk(&host(e.initrd.as_ref().unwrap()));
+    assert_eq!(booted.args.as_deref(), Some(e.cmdline(None).as_str()));
+    assert!(fs::read(&img).unwrap() == before, "the disk image changed");
+}
+
+/// The common NixOS btrfs layout: subvolumes `@` (the root, with an empty
+/// `nix/`) and `@nix` (the store and profiles) under the top level, zstd
+/// compression: the system is found in `@nix`, and the compressed kernel
+/// and initrd arrive intact.
+#[test]
+fn btrfs_at_nix_layout_zstd_boots() {
+    use crate::common::{Style, Tree, libxl};
+    if !have(&["mkfs.btrfs", "btrfs", "mount", "umount", "cp"]) || !have_root("loop-mounting btrfs images") {
+        return;
+    }
+    let dir = tempdir("btrfs-boot");
+    let tree = dir.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    let gens = Tree::nixos()
+        .generation(1, Style::Bootspec)
+        .kernel_size(3 << 20)
+        .current(1)
+        .write(&tree);
+    let img = fresh_image(dir.path());
+    {
+        let m = Mounted::new(&img, &dir.path().join("mnt"), "compress-force=zstd");
+        for s in ["@", "@nix"] {
+            run(Command::new("btrfs")
+                .args(["-q", "subvolume", "create"])
+                .arg(m.dir.join(s)));
+        }
+        for e in fs::read_dir(&tree).unwrap() {
+            let e = e.unwrap();
+            if e.file_name() == "nix" {
+                fs::create_dir(m.dir.join("@/nix")).unwrap();
+                for n in fs::read_dir(e.path()).unwrap() {
+                    run(Command::new("cp")
+                        .arg("-a")
+                        .arg(n.unwrap().path())
+                        .arg(m.dir.join("@nix")));
+                }
+            } else {
+                run(Command::new("cp").arg("-a").arg(e.path()).arg(m.dir.join("@")));
+            }
+        }
+    }
+    let ran = libxl().run(&img);
+    let booted = ran.expect_boot();
+    let e = &gens[&1].entry;
+    let host = |g: &str| fs::read(tree.join(g.trim_start_matches('/'))).unwrap();
+    booted.assert_kernel(&host(&e.kernel));
+    booted.assert_ramdisk(&host(e.initrd.as_ref().unwrap()));
+    assert!(
+        ran.console.contains("@nix"),
+        "the log names the subvolume:\n{}",
+        ran.console
+    );
 }

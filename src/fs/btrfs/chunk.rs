@@ -214,7 +214,10 @@ mod tests {
         let (d, _) = parse_chunk(1 << 30, &item(4096, 4 | DUP, &[(1, 0), (1, 4096)]), 1, 1 << 20).unwrap();
         m.insert(d).unwrap();
         assert_eq!(m.map(1 << 30).unwrap().0, vec![0, 4096]);
-        assert!(matches!(m.map_range((1 << 30) + 1, 4096), Err(BtrfsError::CrossesChunk { .. })));
+        assert!(matches!(
+            m.map_range((1 << 30) + 1, 4096),
+            Err(BtrfsError::CrossesChunk { .. })
+        ));
     }
 
     #[test]
@@ -237,7 +240,8 @@ mod tests {
         assert!(parse_chunk(0, &item(4096, 1, &[]), 1, 1 << 20).is_err());
         assert!(parse_chunk(0, &item(4096, 1, &[(1, 0)])[..60], 1, 1 << 20).is_err());
         let mut m = ChunkMap::default();
-        m.insert(parse_chunk(8192, &item(8192, 1, &[(1, 0)]), 1, 1 << 20).unwrap().0).unwrap();
+        m.insert(parse_chunk(8192, &item(8192, 1, &[(1, 0)]), 1, 1 << 20).unwrap().0)
+            .unwrap();
         for (l, n) in [(4096, 8192), (12288, 100), (0, 1 << 19)] {
             let c = parse_chunk(l, &item(n, 1, &[(1, 0)]), 1, 1 << 20).unwrap().0;
             assert!(m.insert(c).is_err(), "{l} {n}");

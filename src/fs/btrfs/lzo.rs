@@ -88,7 +88,10 @@ fn copy_match(out: &mut Vec<u8>, dist: usize, len: usize, cap: usize) -> Result<
         out.extend_from_within(start..start.saturating_add(len));
     } else {
         for i in 0..len {
-            let b = out.get(start.saturating_add(i)).copied().ok_or(LzoError::BadReference)?;
+            let b = out
+                .get(start.saturating_add(i))
+                .copied()
+                .ok_or(LzoError::BadReference)?;
             out.push(b);
         }
     }
@@ -182,7 +185,10 @@ pub fn decompress_btrfs(src: &[u8], want: usize, sectorsize: u32) -> Result<Vec<
         if seg_len > worst(sector) {
             return Err(LzoError::Frame("segment longer than a compressed sector"));
         }
-        let end = cur.checked_add(seg_len).filter(|e| *e <= total).ok_or(LzoError::Frame("segment past the end"))?;
+        let end = cur
+            .checked_add(seg_len)
+            .filter(|e| *e <= total)
+            .ok_or(LzoError::Frame("segment past the end"))?;
         let seg = src.get(cur..end).ok_or(LzoError::Frame("segment past the end"))?;
         let part = decompress(seg, sector)?;
         let room = want.saturating_sub(out.len());
@@ -224,7 +230,10 @@ mod tests {
     #[test]
     fn hostile_streams() {
         // A match before the start of the output.
-        assert_eq!(decompress(&[19, b'a', b'b', 0x44, 9, 0x11, 0, 0], 100), Err(LzoError::BadReference));
+        assert_eq!(
+            decompress(&[19, b'a', b'b', 0x44, 9, 0x11, 0, 0], 100),
+            Err(LzoError::BadReference)
+        );
         // A literal run that claims far more than the cap.
         let mut s = vec![0u8; 1000];
         s.push(1);

@@ -46,9 +46,9 @@ use csum::CsumType;
 use tree::{Budget, Expect, Key, Node, NodeSource, Root};
 
 use crate::bytes::{le16, le32, le64};
-use crate::fs::{EachEntry, FileSystem, FsError, GuestFile, Kind as FsKind, Meta, Run, wrong_type};
 use crate::disk::Window;
 use crate::error::escape;
+use crate::fs::{EachEntry, FileSystem, FsError, GuestFile, Kind as FsKind, Meta, Run, wrong_type};
 use crate::limits::{MAX_BTRFS_CACHED_NODES, MAX_BTRFS_SUBVOLS, MAX_DIR_ENTRIES, MAX_PATH_LEN};
 
 /// Offset of the primary superblock.
@@ -118,7 +118,9 @@ pub enum BtrfsError {
         devid: u64,
     },
     /// A RAID profile.
-    #[error("btrfs chunk at logical {logical} uses a RAID profile (block group flags 0x{flags:x}); only single and dup can be read from one disk")]
+    #[error(
+        "btrfs chunk at logical {logical} uses a RAID profile (block group flags 0x{flags:x}); only single and dup can be read from one disk"
+    )]
     Profile {
         /// The chunk.
         logical: u64,
@@ -134,7 +136,9 @@ pub enum BtrfsError {
         what: &'static str,
     },
     /// A chunk lies past the end of the device.
-    #[error("btrfs chunk at logical {logical} maps {len} bytes at physical {physical}, past the end of the {dev_len}-byte device")]
+    #[error(
+        "btrfs chunk at logical {logical} maps {len} bytes at physical {physical}, past the end of the {dev_len}-byte device"
+    )]
     ChunkPastEnd {
         /// The chunk.
         logical: u64,
@@ -309,10 +313,14 @@ pub fn parse_superblock(sb: &[u8]) -> Result<Superblock, BtrfsError> {
     let sectorsize = u32_at(0x90)?;
     let nodesize = u32_at(0x94)?;
     if !sectorsize.is_power_of_two() || !(4096..=65536).contains(&sectorsize) {
-        return Err(BtrfsError::BadSuperblock("sector size not a power of two in 4 KiB..64 KiB"));
+        return Err(BtrfsError::BadSuperblock(
+            "sector size not a power of two in 4 KiB..64 KiB",
+        ));
     }
     if !nodesize.is_power_of_two() || nodesize < sectorsize || nodesize > 65536 {
-        return Err(BtrfsError::BadSuperblock("node size not a power of two in sector size..64 KiB"));
+        return Err(BtrfsError::BadSuperblock(
+            "node size not a power of two in sector size..64 KiB",
+        ));
     }
     let num_devices = u64_at(0x88)?;
     if num_devices != 1 {
@@ -462,7 +470,8 @@ impl Volume {
     /// Open the btrfs filesystem in `w`.
     pub fn open(w: Window) -> Result<Rc<Volume>, BtrfsError> {
         let mut sbb = vec![0u8; SUPER_LEN];
-        w.read_exact_at(SUPER_OFFSET, &mut sbb).map_err(|_| BtrfsError::NotBtrfs)?;
+        w.read_exact_at(SUPER_OFFSET, &mut sbb)
+            .map_err(|_| BtrfsError::NotBtrfs)?;
         let sb = parse_superblock(&sbb)?;
         let boot = chunk::parse_sys_array(&sb.sys_array, sb.devid, w.len())?;
         let mut vol = Volume {
@@ -588,8 +597,12 @@ impl Volume {
         let mut seen: HashSet<u64> = HashSet::from([FS_TREE_OBJECTID]);
         let mut queue: VecDeque<usize> = VecDeque::from([0]);
         'bfs: while let Some(i) = queue.pop_front() {
-            let Some((parent, ppath)) = found.get(i).cloned() else { break };
-            let Some(proot) = self.subvol_root(parent)? else { continue };
+            let Some((parent, ppath)) = found.get(i).cloned() else {
+                break;
+            };
+            let Some(proot) = self.subvol_root(parent)? else {
+                continue;
+            };
             let mut refs = Vec::new();
             let mut budget = Budget::new();
             let lo = Key::new(parent, ROOT_REF, 0);
@@ -603,7 +616,9 @@ impl Volume {
                 };
                 let dirid = le64(d, 0).ok_or(bad("truncated root ref"))?;
                 let len = usize::from(le16(d, 16).ok_or(bad("truncated root ref"))?);
-                let name = d.get(18..18_usize.saturating_add(len)).ok_or(bad("truncated root ref"))?;
+                let name = d
+                    .get(18..18_usize.saturating_add(len))
+                    .ok_or(bad("truncated root ref"))?;
                 refs.push((k.offset, dirid, name.to_vec()));
                 if refs.len() > MAX_BTRFS_SUBVOLS {
                     return Ok(ControlFlow::Break(()));
@@ -684,7 +699,10 @@ impl Volume {
             let name = d.get(10..10_usize.saturating_add(len)).unwrap_or_default();
             total = total.saturating_add(len).saturating_add(1);
             if total > MAX_PATH_LEN || k.offset == ino {
-                return Err(BtrfsError::PathTooLong(format!("directory {dirid} of subvolume {}", sv.id)));
+                return Err(BtrfsError::PathTooLong(format!(
+                    "directory {dirid} of subvolume {}",
+                    sv.id
+                )));
             }
             parts.push(name.to_vec());
             ino = k.offset;
@@ -887,7 +905,12 @@ impl Subvol {
                 // Like the kernel: the subvolume shows only where its
                 // ROOT_REF from this subvolume exists.
                 let mut budget = Budget::new();
-                let r = tree::lookup(&*self.vol, self.vol.sb.root, Key::new(sv.id, ROOT_REF, child), &mut budget)?;
+                let r = tree::lookup(
+                    &*self.vol,
+                    self.vol.sb.root,
+                    Key::new(sv.id, ROOT_REF, child),
+                    &mut budget,
+                )?;
                 match (r, self.vol.subvol_root(child)?) {
                     (Some(_), Some(c)) if child != sv.id => Ok(Loc::Inode(c, c.dirid)),
                     _ => Ok(Loc::Empty),
@@ -945,7 +968,9 @@ impl Subvol {
             if comp == b".." {
                 return Err(BtrfsError::NotFound(so_far()));
             }
-            loc = self.lookup_in(loc, comp)?.ok_or_else(|| BtrfsError::NotFound(so_far()))?;
+            loc = self
+                .lookup_in(loc, comp)?
+                .ok_or_else(|| BtrfsError::NotFound(so_far()))?;
             stat = self.stat_loc(loc)?;
         }
         Ok((loc, stat))

@@ -79,10 +79,17 @@ impl NodeSource for Nodes {
 
 fn count_all(n: &Nodes, root: Root) -> Result<usize, BtrfsError> {
     let mut c = 0;
-    tree::scan(n, root, Key::new(0, 0, 0), Key::new(u64::MAX, u8::MAX, u64::MAX), &mut Budget::new(), &mut |_, _| {
-        c += 1;
-        Ok(ControlFlow::Continue(()))
-    })?;
+    tree::scan(
+        n,
+        root,
+        Key::new(0, 0, 0),
+        Key::new(u64::MAX, u8::MAX, u64::MAX),
+        &mut Budget::new(),
+        &mut |_, _| {
+            c += 1;
+            Ok(ControlFlow::Continue(()))
+        },
+    )?;
     Ok(c)
 }
 
@@ -113,13 +120,33 @@ fn a_node_pointing_at_itself_or_an_ancestor_is_refused() {
     let mut n = Nodes::default();
     n.raw.insert(4096, interior(4096, 1, &[(k, 4096)]));
     let e = count_all(&n, Root { bytenr: 4096, level: 1 }).unwrap_err();
-    assert!(matches!(e, BtrfsError::Level { level: 1, expected: 0, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            BtrfsError::Level {
+                level: 1,
+                expected: 0,
+                ..
+            }
+        ),
+        "{e}"
+    );
     // Its grandparent.
     let mut n = Nodes::default();
     n.raw.insert(4096, interior(4096, 2, &[(k, 8192)]));
     n.raw.insert(8192, interior(8192, 1, &[(k, 4096)]));
     let e = count_all(&n, Root { bytenr: 4096, level: 2 }).unwrap_err();
-    assert!(matches!(e, BtrfsError::Level { level: 2, expected: 0, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            BtrfsError::Level {
+                level: 2,
+                expected: 0,
+                ..
+            }
+        ),
+        "{e}"
+    );
     // A root claiming a level beyond btrfs's maximum.
     let mut n = Nodes::default();
     n.raw.insert(4096, interior(4096, 9, &[(k, 4096)]));
