@@ -901,8 +901,8 @@ fn btrfs_at_nix_layout_zstd_boots() {
     booted.assert_kernel(&host(&e.kernel));
     booted.assert_ramdisk(&host(e.initrd.as_ref().unwrap()));
     assert!(
-        ran.console.contains("@nix"),
-        "the log names the subvolume:\n{}",
+        ran.console.contains("the guest's /nix"),
+        "found as the guest's /nix:\n{}",
         ran.console
     );
 }
