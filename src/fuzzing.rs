@@ -608,3 +608,173 @@ pub fn lvm(data: &[u8]) {
         assert!(!s.contains('\n'), "multi-line diagnostic {s:?}");
     }
 }
+
+/// Size of one block of a [`SparseImage`] record.
+pub const SPARSE_BLOCK: usize = 4096;
+
+/// Highest block number (exclusive) of a [`SparseImage`]: 1 GiB.
+pub const SPARSE_MAX_BLOCKS: u32 = 1 << 18;
+
+/// Operations [`btrfs`] may make on one input (over all subvolumes).
+pub const FUZZ_BTRFS_OPS: u32 = 2000;
+
+/// Subvolumes [`btrfs`] walks on one input.
+pub const FUZZ_BTRFS_SUBVOLS: usize = 8;
+
+/// A disk image given as its non-zero 4 KiB blocks: the input of the
+/// [`btrfs`] target. A btrfs filesystem is at least 16 MiB (114 MiB with
+/// default options) but its metadata is a few dozen blocks, so the fuzz
+/// input is a list of records, each a little-endian `u32` block number
+/// (below [`SPARSE_MAX_BLOCKS`], others are ignored) and [`SPARSE_BLOCK`]
+/// bytes (the last record may be short); every other block reads as
+/// zeros. The image ends after the highest block given.
+pub struct SparseImage {
+    blocks: std::collections::BTreeMap<u64, Vec<u8>>,
+    len: u64,
+}
+
+impl SparseImage {
+    /// Decode records (see the type's documentation).
+    pub fn decode(data: &[u8]) -> SparseImage {
+        let mut blocks = std::collections::BTreeMap::new();
+        let mut len = 0u64;
+        for rec in data.chunks(SPARSE_BLOCK.saturating_add(4)) {
+            let Some(idx) = crate::bytes::le32(rec, 0) else { break };
+            if idx >= SPARSE_MAX_BLOCKS {
+                continue;
+            }
+            let mut b = rec.get(4..).unwrap_or_default().to_vec();
+            b.resize(SPARSE_BLOCK, 0);
+            let idx = u64::from(idx);
+            len = len.max(idx.saturating_add(1).saturating_mul(4096));
+            blocks.insert(idx, b);
+        }
+        SparseImage { blocks, len }
+    }
+
+    /// Encode the non-zero blocks of `image` among `keep` (block numbers;
+    /// all of them when `None`), and its last block (for its length).
+    pub fn encode(image: &[u8], keep: Option<&std::collections::BTreeSet<u64>>) -> Vec<u8> {
+        let mut out = Vec::new();
+        let last = image.len().div_ceil(SPARSE_BLOCK).saturating_sub(1);
+        for (i, b) in image.chunks(SPARSE_BLOCK).enumerate() {
+            let (Ok(idx), Ok(i64)) = (u32::try_from(i), u64::try_from(i)) else {
+                break;
+            };
+            if idx >= SPARSE_MAX_BLOCKS {
+                break;
+            }
+            let wanted = !b.iter().all(|x| *x == 0) && keep.is_none_or(|k| k.contains(&i64));
+            if !wanted && i != last {
+                continue;
+            }
+            out.extend_from_slice(&idx.to_le_bytes());
+            out.extend_from_slice(b);
+        }
+        out
+    }
+
+    /// The image as one buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = vec![0u8; usize::try_from(self.len).unwrap_or(0)];
+        let _ = self.read_exact_at(0, &mut v);
+        v
+    }
+}
+
+impl BlockSource for SparseImage {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let n = u64::try_from(buf.len()).unwrap_or(u64::MAX);
+        if offset.checked_add(n).is_none_or(|e| e > self.len) {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past end of image"));
+        }
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset.saturating_add(u64::try_from(done).unwrap_or(0));
+            let (blk, within) = (pos / 4096, usize::try_from(pos % 4096).unwrap_or(0));
+            let take = (SPARSE_BLOCK.saturating_sub(within)).min(buf.len().saturating_sub(done));
+            let dst = buf.get_mut(done..done.saturating_add(take)).unwrap_or_default();
+            match self.blocks.get(&blk) {
+                Some(b) => dst.copy_from_slice(b.get(within..within.saturating_add(take)).unwrap_or_default()),
+                None => dst.fill(0),
+            }
+            done = done.saturating_add(take);
+        }
+        Ok(())
+    }
+}
+
+/// The btrfs reader on a [`SparseImage`]: every subvolume (at most
+/// [`FUZZ_BTRFS_SUBVOLS`]) walked through the guest-root view, every file
+/// read (capped) and its disk runs, when it has them, checked to hold the
+/// same bytes and to lie within the image.
+///
+/// # Panics
+///
+/// If a file's runs do not add up to its size, leave the image or differ
+/// from what the reader reads.
+pub fn btrfs(data: &[u8]) {
+    use crate::disk::Window;
+    use crate::fs::{FileSystem, GuestFs, Mount, btrfs};
+    let img = SparseImage::decode(data);
+    let src: Rc<dyn BlockSource> = Rc::new(img);
+    let Some(w) = Window::new(src.clone(), 0, src.len()) else {
+        return;
+    };
+    let Ok(subvols) = btrfs::open_subvolumes(w) else { return };
+    let mut budget = FUZZ_BTRFS_OPS;
+    for sv in subvols.into_iter().take(FUZZ_BTRFS_SUBVOLS) {
+        let _ = (sv.describe(), sv.uuid(), sv.label());
+        let fs = GuestFs::new(Rc::new(sv), Mount::Root);
+        btrfs_walk(&*src, &fs, b"/", 0, &mut budget);
+    }
+}
+
+fn btrfs_walk(image: &dyn BlockSource, fs: &crate::fs::GuestFs, dir: &[u8], depth: u32, budget: &mut u32) {
+    use crate::fs::Kind;
+    if depth > 8 {
+        return;
+    }
+    let Ok(entries) = fs.list_dir_stat(dir, |_| true) else {
+        return;
+    };
+    for e in entries {
+        if *budget == 0 {
+            return;
+        }
+        *budget = budget.saturating_sub(1);
+        let p = crate::fs::child_path(dir, &e.name);
+        match e.meta.kind() {
+            Kind::Dir => btrfs_walk(image, fs, &p, depth.saturating_add(1), budget),
+            Kind::Symlink => {
+                let _ = fs.read_link(&p);
+            }
+            Kind::File => {
+                let x = fs.read_small(&p, FUZZ_MAX_FILE).ok();
+                if let (Some(x), Ok(Some((len, runs)))) = (&x, fs.data_runs(&p, FUZZ_MAX_FILE)) {
+                    assert_eq!(u64::try_from(x.len()).ok(), Some(len));
+                    let mut again = Vec::with_capacity(x.len());
+                    for r in runs {
+                        let n = usize::try_from(r.len).unwrap_or(usize::MAX);
+                        let at = again.len();
+                        again.resize(at.saturating_add(n), 0);
+                        if let Some(o) = r.disk_offset {
+                            let dst = again.get_mut(at..).unwrap_or_default();
+                            image.read_exact_at(o, dst).expect("a run outside the image");
+                        }
+                    }
+                    assert!(
+                        again == *x,
+                        "the runs of {} do not hold its bytes",
+                        crate::error::escape(&p)
+                    );
+                }
+            }
+            Kind::Special => {}
+        }
+    }
+}

@@ -13,6 +13,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("partitions", nixboot::fuzzing::partitions),
     ("disk", nixboot::fuzzing::disk),
     ("ext4", nixboot::fuzzing::ext4),
+    ("btrfs", nixboot::fuzzing::btrfs),
     ("bootspec", nixboot::fuzzing::bootspec),
     ("cmdline", nixboot::fuzzing::cmdline),
     ("render", nixboot::fuzzing::render),
@@ -131,6 +132,29 @@ fn disk_seeds_boot() {
             kernel.windows(8).any(|w| w == b"Xen\0\x01\0\0\0") || kernel.starts_with(b"\x7fELF"),
             "{}: kernel not sent",
             p.display()
+        );
+    }
+}
+
+/// The btrfs seeds are real filesystems: make sure the reader opens them
+/// and finds the NixOS profile, so the fuzzer starts from inputs that
+/// reach file data.
+#[test]
+fn btrfs_seeds_open() {
+    use std::rc::Rc;
+    for p in sorted(&testdata().join("fuzz/seeds/btrfs")) {
+        let img = nixboot::fuzzing::SparseImage::decode(&fs::read(&p).unwrap());
+        let src: Rc<dyn nixboot::disk::BlockSource> = Rc::new(img);
+        let w = nixboot::disk::Window::new(src.clone(), 0, src.len()).unwrap();
+        let subvols = nixboot::fs::btrfs::open_subvolumes(w).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let found = subvols
+            .iter()
+            .any(|s| s.lstat(b"/nix/var/nix/profiles/system").is_ok() || s.lstat(b"/var/nix/profiles/system").is_ok());
+        assert!(
+            found,
+            "{}: no system profile in {} subvolumes",
+            p.display(),
+            subvols.len()
         );
     }
 }

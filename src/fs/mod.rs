@@ -89,7 +89,10 @@ pub fn probe(window: Window) -> Result<Vec<Rc<dyn FileSystem>>, FsError> {
                 path: "the btrfs filesystem".into(),
                 source,
             })?;
-            Ok(subvols.into_iter().map(|s| Rc::new(s) as Rc<dyn FileSystem>).collect())
+            Ok(subvols
+                .into_iter()
+                .map(|s| -> Rc<dyn FileSystem> { Rc::new(s) })
+                .collect())
         }
         Err(FsError::NotExt4) => Err(FsError::NotAFilesystem),
         Err(e) => Err(e),

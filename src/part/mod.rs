@@ -170,6 +170,24 @@ pub struct Scan {
     pub unusable: Vec<lvm::Unusable>,
 }
 
+/// Offset of the btrfs superblock magic (`_BHRfS_M`) from the start of a
+/// filesystem.
+pub const BTRFS_MAGIC_OFFSET: u64 = 0x10040;
+
+/// Whether a btrfs superblock magic sits at `offset`.
+pub fn has_btrfs_magic(src: &dyn BlockSource, offset: u64) -> bool {
+    let mut m = [0u8; 8];
+    offset
+        .checked_add(BTRFS_MAGIC_OFFSET)
+        .is_some_and(|o| src.read_exact_at(o, &mut m).is_ok())
+        && &m == b"_BHRfS_M"
+}
+
+/// Whether a filesystem nixboot reads (ext2/3/4, btrfs) starts at `offset`.
+pub fn has_fs_magic(src: &dyn BlockSource, offset: u64) -> bool {
+    has_ext_magic(src, offset) || has_btrfs_magic(src, offset)
+}
+
 /// The ranges to try, in order. With `forced_offset` only that one.
 /// (The volumes [`scan`] finds unusable are dropped.)
 pub fn candidates(src: &dyn BlockSource, forced_offset: Option<u64>) -> Result<Vec<Candidate>, PartError> {
@@ -179,8 +197,8 @@ pub fn candidates(src: &dyn BlockSource, forced_offset: Option<u64>) -> Result<V
 /// The ranges to try, in order, and the unusable volumes. With
 /// `forced_offset` only that one.
 ///
-/// Order: a bare filesystem first (its superblock magic at byte 1080 means
-/// there is no partition table before it), then GPT partitions if the MBR
+/// Order: a bare filesystem first (an ext4 superblock magic at byte 1080,
+/// or a btrfs one at 64 KiB, means there is no partition table before it), then GPT partitions if the MBR
 /// is protective, otherwise MBR primaries and logical partitions. The
 /// whole disk and every partition that carries an LVM2 label (whatever
 /// its type: 0x8e, [`lvm::GPT_TYPE`] or another) is replaced by the
@@ -231,7 +249,7 @@ fn tables(src: &dyn BlockSource) -> Result<Vec<Candidate>, PartError> {
         return Err(PartError::TooSmall(disk_len));
     }
     let mut out = Vec::new();
-    if has_ext_magic(src, 0) {
+    if has_fs_magic(src, 0) {
         out.push(Candidate {
             source: Source::Bare,
             offset: 0,
@@ -307,6 +325,16 @@ mod tests {
                 ranges: Vec::new(),
             }]
         );
+    }
+
+    #[test]
+    fn bare_btrfs_detected_by_magic() {
+        let mut img = vec![0u8; 0x11000];
+        img[0x10040..0x10048].copy_from_slice(b"_BHRfS_M");
+        let c = candidates(&img, None).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].source, Source::Bare);
+        assert!(!has_btrfs_magic(&img, 1));
     }
 
     #[test]

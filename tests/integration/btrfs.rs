@@ -680,3 +680,229 @@ fn btrfs_hostile_trees_and_extents() {
     let e = try_all(&path, &b).unwrap_err();
     assert!(e.contains("checksum does not match"), "{e}");
 }
+
+// ---------------------------------------------------------------------------
+// Fuzz seeds
+
+/// A block source that records which 4 KiB blocks were read.
+struct Recording {
+    image: Vec<u8>,
+    touched: std::cell::RefCell<std::collections::BTreeSet<u64>>,
+}
+
+impl BlockSource for Recording {
+    fn len(&self) -> u64 {
+        BlockSource::len(&self.image)
+    }
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let end = offset + buf.len() as u64;
+        self.touched.borrow_mut().extend(offset / 4096..end.div_ceil(4096));
+        self.image.read_exact_at(offset, buf)
+    }
+}
+
+/// The tiny NixOS-shaped tree of the fuzz seeds.
+fn seed_tree(root: &Path) {
+    let w = |p: &str, d: &[u8]| {
+        let p = root.join(p);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, d).unwrap();
+    };
+    let l = |target: &str, p: &str| {
+        let p = root.join(p);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, p).unwrap();
+    };
+    let sys = "nix/store/6n1xb00t6n1xb00t6n1xb00t6n1xb00t-nixos-system-1";
+    let linux = "/nix/store/6l1nux6l1nux6l1nux6l1nux6l1nux6l-linux-6.6";
+    w(
+        &format!("{}/bzImage", &linux[1..]),
+        &nixboot::fixtures::pv_elf(nixboot::fixtures::LINUX_PV_NOTES, 0),
+    );
+    w(&format!("{}/initrd", &linux[1..]), b"initrd-bytes");
+    w(&format!("{sys}/kernel-params"), b"console=hvc0 loglevel=4");
+    w(&format!("{sys}/nixos-version"), b"24.05");
+    w("etc/notes.txt", &text(20000, 11));
+    l(&format!("{linux}/bzImage"), &format!("{sys}/kernel"));
+    l(&format!("{linux}/initrd"), &format!("{sys}/initrd"));
+    l(&format!("/{sys}"), "nix/var/nix/profiles/system-1-link");
+    l("system-1-link", "nix/var/nix/profiles/system");
+    let f = fs::File::create(root.join("etc/sparse")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &noise(4096, 12), 0).unwrap();
+    f.set_len(65536).unwrap();
+}
+
+/// Encode what the reader touches of `img` as a sparse fuzz seed.
+fn seed_of(img: &Path) -> Vec<u8> {
+    let rec = Rc::new(Recording {
+        image: fs::read(img).unwrap(),
+        touched: Default::default(),
+    });
+    let src: Rc<dyn BlockSource> = rec.clone();
+    let w = Window::new(src.clone(), 0, src.len()).unwrap();
+    for sv in btrfs::open_subvolumes(w).unwrap() {
+        walk_reader_src(&sv);
+    }
+    let keep = rec.touched.borrow().clone();
+    nixboot::fuzzing::SparseImage::encode(&rec.image, Some(&keep))
+}
+
+/// Read everything of a subvolume (like `walk_reader`, no comparisons).
+fn walk_reader_src(sv: &Subvol) {
+    let mut todo = vec![b"/".to_vec()];
+    while let Some(d) = todo.pop() {
+        let mut ents = Vec::new();
+        sv.read_dir(&d, true, &|e| e, &mut |n, k, _| {
+            ents.push((join(&d, n), k));
+            Ok(())
+        })
+        .unwrap();
+        for (p, k) in ents {
+            match k {
+                Kind::Dir => todo.push(p),
+                Kind::File => {
+                    sv.file_map(&p).unwrap().read_all(1 << 30).unwrap();
+                }
+                Kind::Symlink => {
+                    sv.read_link(&p).unwrap();
+                }
+                Kind::Special => {}
+            }
+        }
+    }
+}
+
+/// Writes the btrfs fuzz seeds into `$NIXBOOT_BTRFS_SEEDS` (run by hand,
+/// as root for the compressed ones: `NIXBOOT_BTRFS_SEEDS=testdata/fuzz/seeds/btrfs
+/// cargo test --test integration make_btrfs_seeds -- --ignored`).
+#[test]
+#[ignore = "writes testdata; run by hand"]
+fn make_btrfs_seeds() {
+    let out = PathBuf::from(std::env::var("NIXBOOT_BTRFS_SEEDS").expect("NIXBOOT_BTRFS_SEEDS"));
+    fs::create_dir_all(&out).unwrap();
+    let dir = tempdir("btrfs-seeds");
+    let tree = dir.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    seed_tree(&tree);
+    let uuid = ["-U", "6e697862-6f6f-7400-0000-0000000000b7"];
+    for (name, extra) in [
+        ("rootdir-dup", vec![]),
+        ("rootdir-mixed-xxhash", vec!["-M", "--csum", "xxhash"]),
+    ] {
+        let d = tempdir("btrfs-seed");
+        let args: Vec<&str> = uuid.iter().copied().chain(extra).collect();
+        let img = mkfs_rootdir(d.path(), &tree, &args);
+        fs::write(out.join(format!("{name}.sparse")), seed_of(&img)).unwrap();
+    }
+    for algo in ["zstd", "lzo", "zlib"] {
+        let d = tempdir("btrfs-seed");
+        let img = d.path().join("fs.img");
+        fs::File::create(&img).unwrap().set_len(300 << 20).unwrap();
+        run(Command::new("mkfs.btrfs").args(["-q", "-f"]).args(uuid).arg(&img));
+        {
+            let m = Mounted::new(&img, &d.path().join("mnt"), &format!("compress-force={algo}"));
+            let sub = |p: &str| {
+                run(Command::new("btrfs")
+                    .args(["-q", "subvolume", "create"])
+                    .arg(m.dir.join(p)))
+            };
+            sub("@");
+            sub("@nix");
+            let cp = |from: &Path, to: &Path| run(Command::new("cp").arg("-a").arg(from).arg(to));
+            cp(&tree.join("etc"), &m.dir.join("@"));
+            fs::create_dir(m.dir.join("@/nix")).unwrap();
+            for e in fs::read_dir(tree.join("nix")).unwrap() {
+                cp(&e.unwrap().path(), &m.dir.join("@nix"));
+            }
+            run(Command::new("btrfs")
+                .args(["subvolume", "set-default"])
+                .arg(m.dir.join("@")));
+        }
+        fs::write(out.join(format!("subvols-{algo}.sparse")), seed_of(&img)).unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Booting through the real binary
+
+/// A NixOS tree on `mkfs.btrfs --rootdir` boots like it does on ext4:
+/// the kernel and initrd copies hold the guest's bytes.
+#[test]
+fn btrfs_boots_with_nixboot() {
+    use crate::common::{Style, Tree, libxl};
+    if !have(&["mkfs.btrfs"]) {
+        return;
+    }
+    let dir = tempdir("btrfs-boot");
+    let tree = dir.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    let gens = Tree::nixos()
+        .generation(1, Style::Legacy)
+        .generation(2, Style::Bootspec)
+        .current(2)
+        .write(&tree);
+    let img = mkfs_rootdir(dir.path(), &tree, &[]);
+    let before = fs::read(&img).unwrap();
+    let ran = libxl().run(&img);
+    let booted = ran.expect_boot();
+    let e = &gens[&2].entry;
+    let host = |g: &str| fs::read(tree.join(g.trim_start_matches('/'))).unwrap();
+    booted.assert_kernel(&host(&e.kernel));
+    booted.assert_ramdisk(&host(e.initrd.as_ref().unwrap()));
+    assert_eq!(booted.args.as_deref(), Some(e.cmdline(None).as_str()));
+    assert!(fs::read(&img).unwrap() == before, "the disk image changed");
+}
+
+/// The common NixOS btrfs layout: subvolumes `@` (the root, with an empty
+/// `nix/`) and `@nix` (the store and profiles) under the top level, zstd
+/// compression: the system is found in `@nix`, and the compressed kernel
+/// and initrd arrive intact.
+#[test]
+fn btrfs_at_nix_layout_zstd_boots() {
+    use crate::common::{Style, Tree, libxl};
+    if !have(&["mkfs.btrfs", "btrfs", "mount", "umount", "cp"]) || !have_root("loop-mounting btrfs images") {
+        return;
+    }
+    let dir = tempdir("btrfs-boot");
+    let tree = dir.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    let gens = Tree::nixos()
+        .generation(1, Style::Bootspec)
+        .kernel_size(3 << 20)
+        .current(1)
+        .write(&tree);
+    let img = fresh_image(dir.path());
+    {
+        let m = Mounted::new(&img, &dir.path().join("mnt"), "compress-force=zstd");
+        for s in ["@", "@nix"] {
+            run(Command::new("btrfs")
+                .args(["-q", "subvolume", "create"])
+                .arg(m.dir.join(s)));
+        }
+        for e in fs::read_dir(&tree).unwrap() {
+            let e = e.unwrap();
+            if e.file_name() == "nix" {
+                fs::create_dir(m.dir.join("@/nix")).unwrap();
+                for n in fs::read_dir(e.path()).unwrap() {
+                    run(Command::new("cp")
+                        .arg("-a")
+                        .arg(n.unwrap().path())
+                        .arg(m.dir.join("@nix")));
+                }
+            } else {
+                run(Command::new("cp").arg("-a").arg(e.path()).arg(m.dir.join("@")));
+            }
+        }
+    }
+    let ran = libxl().run(&img);
+    let booted = ran.expect_boot();
+    let e = &gens[&1].entry;
+    let host = |g: &str| fs::read(tree.join(g.trim_start_matches('/'))).unwrap();
+    booted.assert_kernel(&host(&e.kernel));
+    booted.assert_ramdisk(&host(e.initrd.as_ref().unwrap()));
+    assert!(
+        ran.console.contains("the guest's /nix"),
+        "found as the guest's /nix:\n{}",
+        ran.console
+    );
+}

@@ -194,7 +194,7 @@ pub fn decompress_btrfs(src: &[u8], want: usize, sectorsize: u32) -> Result<Vec<
         let room = want.saturating_sub(out.len());
         out.extend_from_slice(part.get(..room.min(part.len())).unwrap_or_default());
         cur = end;
-        let left = sector.saturating_sub(cur % sector);
+        let left = sector.saturating_sub(cur.checked_rem(sector).unwrap_or(0));
         if left < 4 {
             cur = cur.saturating_add(left);
         }

@@ -985,6 +985,7 @@ impl Subvol {
     /// in DIR_INDEX order (what `readdir` returns), at most
     /// [`MAX_DIR_ENTRIES`]; `stat` is read when `with_stat`. `conv` turns
     /// this reader's errors into the callback's.
+    #[allow(clippy::type_complexity, reason = "one callback, generic over the error")]
     pub fn read_dir<E>(
         &self,
         path: &[u8],

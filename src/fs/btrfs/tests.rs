@@ -1,5 +1,6 @@
 //! Unit tests of the btrfs reader on hand-made structures: tree loops,
 //! fan-out, item counts, decompression bombs.
+#![allow(clippy::arithmetic_side_effects, reason = "test fixtures compute offsets")]
 
 use std::cell::Cell;
 use std::collections::HashMap;

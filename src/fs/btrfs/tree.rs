@@ -202,6 +202,9 @@ pub trait NodeSource {
     fn node(&self, logical: u64, level: u8, budget: &mut Budget) -> Result<Rc<Node>, BtrfsError>;
 }
 
+/// What [`scan`] calls per item.
+pub type ItemFn<'a> = dyn FnMut(Key, &[u8]) -> Result<ControlFlow<()>, BtrfsError> + 'a;
+
 /// Call `f(key, data)` for every item of the tree with `lo <= key <= hi`,
 /// in key order, until `f` breaks.
 pub fn scan<S: NodeSource + ?Sized>(
@@ -210,7 +213,7 @@ pub fn scan<S: NodeSource + ?Sized>(
     lo: Key,
     hi: Key,
     budget: &mut Budget,
-    f: &mut dyn FnMut(Key, &[u8]) -> Result<ControlFlow<()>, BtrfsError>,
+    f: &mut ItemFn<'_>,
 ) -> Result<(), BtrfsError> {
     scan_from(src, root, lo, hi, budget, f).map(|_| ())
 }
@@ -221,7 +224,7 @@ fn scan_from<S: NodeSource + ?Sized>(
     lo: Key,
     hi: Key,
     budget: &mut Budget,
-    f: &mut dyn FnMut(Key, &[u8]) -> Result<ControlFlow<()>, BtrfsError>,
+    f: &mut ItemFn<'_>,
 ) -> Result<ControlFlow<()>, BtrfsError> {
     if root.level > MAX_BTRFS_LEVEL {
         return Err(BtrfsError::BadNode {

@@ -653,7 +653,7 @@ impl FileSystem for Ext4Fs {
                 self.window
                     .disk_ranges(at, n, |disk, k| push(Some(disk), k))
                     .map_err(|source| FsError::Io {
-                        path: escape(&p),
+                        path: escape(p),
                         source,
                     })?;
             }
