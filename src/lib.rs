@@ -29,6 +29,7 @@ pub mod limits;
 pub mod list;
 pub mod logging;
 pub mod menu;
+pub mod menus;
 pub mod nixos;
 pub mod output;
 pub mod part;
