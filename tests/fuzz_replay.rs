@@ -16,6 +16,10 @@ const TARGETS: &[(&str, Target)] = &[
     ("bootspec", nixboot::fuzzing::bootspec),
     ("cmdline", nixboot::fuzzing::cmdline),
     ("render", nixboot::fuzzing::render),
+    ("grub", nixboot::fuzzing::grub),
+    ("bls", nixboot::fuzzing::bls),
+    ("extlinux", nixboot::fuzzing::extlinux),
+    ("legacy", nixboot::fuzzing::legacy),
 ];
 
 fn testdata() -> PathBuf {
