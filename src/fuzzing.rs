@@ -500,7 +500,11 @@ fn check_menu(m: &crate::menus::Menu) {
     for (i, e) in m.entries.iter().enumerate() {
         for f in e.kernel.iter().chain(&e.initrds) {
             assert!(f.path.len() <= MAX_PATH_LEN);
-            assert!(f.path.starts_with(b"/"), "relative path {}", crate::error::escape(&f.path));
+            assert!(
+                f.path.starts_with(b"/"),
+                "relative path {}",
+                crate::error::escape(&f.path)
+            );
             let _ = f.to_string();
         }
         assert_eq!(select(m, &Selector::Index(i)), Ok(i));
@@ -520,7 +524,13 @@ fn check_menu(m: &crate::menus::Menu) {
 pub fn grub(data: &[u8]) {
     use crate::menus::grub;
     let (config, files) = menu_input(data, "/boot/grub");
-    if let Ok(m) = grub::parse(&config, &grub::Context { dir: b"/boot/grub".to_vec() }, &files) {
+    if let Ok(m) = grub::parse(
+        &config,
+        &grub::Context {
+            dir: b"/boot/grub".to_vec(),
+        },
+        &files,
+    ) {
         check_menu(&m);
     }
     let _ = grub::parse_grubenv(data);
@@ -555,7 +565,13 @@ pub fn bls(data: &[u8]) {
 pub fn extlinux(data: &[u8]) {
     use crate::menus::extlinux;
     let (config, files) = menu_input(data, "/boot/extlinux");
-    if let Ok(m) = extlinux::parse(&config, &extlinux::Context { dir: b"/boot/extlinux".to_vec() }, &files) {
+    if let Ok(m) = extlinux::parse(
+        &config,
+        &extlinux::Context {
+            dir: b"/boot/extlinux".to_vec(),
+        },
+        &files,
+    ) {
         check_menu(&m);
     }
 }
@@ -568,7 +584,13 @@ pub fn extlinux(data: &[u8]) {
 pub fn legacy(data: &[u8]) {
     use crate::menus::legacy;
     let (config, files) = menu_input(data, "/boot/grub");
-    if let Ok(m) = legacy::parse(&config, &legacy::Context { dir: b"/boot/grub".to_vec() }, &files) {
+    if let Ok(m) = legacy::parse(
+        &config,
+        &legacy::Context {
+            dir: b"/boot/grub".to_vec(),
+        },
+        &files,
+    ) {
         check_menu(&m);
     }
 }

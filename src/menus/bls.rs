@@ -217,7 +217,10 @@ pub fn version_cmp(a: &[u8], b: &[u8]) -> Ordering {
         if sep {
             continue;
         }
-        let (da, db) = (ca.is_some_and(|c| c.is_ascii_digit()), cb.is_some_and(|c| c.is_ascii_digit()));
+        let (da, db) = (
+            ca.is_some_and(|c| c.is_ascii_digit()),
+            cb.is_some_and(|c| c.is_ascii_digit()),
+        );
         if da || db {
             if da != db {
                 return if da { Ordering::Greater } else { Ordering::Less };

@@ -21,9 +21,7 @@
 use nom::bytes::complete::{take_while, take_while1};
 use nom::{IResult, Parser};
 
-use super::{
-    Budgeted, Entry, FileRef, Menu, MenuError, MenuFiles, Timeout, check_size, parse_u32, resolve_relative,
-};
+use super::{Budgeted, Entry, FileRef, Menu, MenuError, MenuFiles, Timeout, check_size, parse_u32, resolve_relative};
 use crate::error::escape;
 use crate::limits::{MAX_MENU_ENTRIES, MAX_MENU_INCLUDE_DEPTH};
 
@@ -145,7 +143,9 @@ fn read(st: &mut State, text: &[u8], ctx: &Context, files: &Budgeted<'_>, depth:
                 let path = resolve_relative(&ctx.dir, file);
                 match files.read(None, &path)? {
                     Some(t) => read(st, &t, ctx, files, depth.saturating_add(1))?,
-                    None => st.menu.note(format!("line {line_no}: include {}: no such file", escape(&path))),
+                    None => st
+                        .menu
+                        .note(format!("line {line_no}: include {}: no such file", escape(&path))),
                 }
             }
             b"ui" | b"prompt" | b"say" | b"fdt" | b"fdtdir" | b"fdtoverlays" | b"ipappend" | b"sysappend"
@@ -189,7 +189,11 @@ pub fn parse(text: &[u8], ctx: &Context, files: &dyn MenuFiles) -> Result<Menu, 
         };
         e.args = args;
         if let Some(list) = l.initrd.or(append_initrd) {
-            for p in list.split(|c| *c == b',').map(<[u8]>::trim_ascii).filter(|p| !p.is_empty()) {
+            for p in list
+                .split(|c| *c == b',')
+                .map(<[u8]>::trim_ascii)
+                .filter(|p| !p.is_empty())
+            {
                 if e.initrds.len() >= MAX_MENU_ENTRIES {
                     return Err(MenuError::TooMany {
                         what: "initrds",

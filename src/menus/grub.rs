@@ -209,7 +209,9 @@ fn lex(text: &[u8]) -> Result<Vec<Token>, MenuError> {
     loop {
         let before = i;
         let (rest, _) = blanks(i).map_err(|_| syntax(text, i, "unreadable blank"))?;
-        line = line.saturating_add(count_nl(before.get(..before.len().saturating_sub(rest.len())).unwrap_or(&[])));
+        line = line.saturating_add(count_nl(
+            before.get(..before.len().saturating_sub(rest.len())).unwrap_or(&[]),
+        ));
         i = rest;
         let Some(&c) = i.first() else { break };
         match c {
@@ -287,12 +289,13 @@ impl Parse<'_> {
         self.pos = self.pos.saturating_add(1);
     }
     fn line(&self) -> u32 {
-        self.peek()
-            .or_else(|| self.toks.last())
-            .map_or(1, |t| t.line)
+        self.peek().or_else(|| self.toks.last()).map_or(1, |t| t.line)
     }
     fn err(&self, what: String) -> MenuError {
-        MenuError::Syntax { line: self.line(), what }
+        MenuError::Syntax {
+            line: self.line(),
+            what,
+        }
     }
 
     /// Words up to a separator, brace or the end (not consumed).
@@ -813,9 +816,7 @@ impl<'a> Eval<'a> {
                 self.test(inner, line)
             }
             b"test" => self.test(args, line),
-            b"search" | b"search.fs_uuid" | b"search.fs_label" | b"search.file" => {
-                self.search(cmd, args, line)
-            }
+            b"search" | b"search.fs_uuid" | b"search.fs_label" | b"search.file" => self.search(cmd, args, line),
             b"load_env" => self.load_env(args, line),
             b"source" => self.source(args, line, sink),
             b"blscfg" => {
@@ -827,8 +828,8 @@ impl<'a> Eval<'a> {
             }
             c if QUIET.contains(&c) => Ok(true),
             b"linux" | b"linux16" | b"linuxefi" | b"initrd" | b"initrd16" | b"initrdefi" | b"multiboot"
-            | b"multiboot2" | b"xen_hypervisor" | b"chainloader" | b"fwsetup" | b"halt" | b"reboot"
-            | b"kfreebsd" | b"knetbsd" | b"kopenbsd" | b"appleloader"
+            | b"multiboot2" | b"xen_hypervisor" | b"chainloader" | b"fwsetup" | b"halt" | b"reboot" | b"kfreebsd"
+            | b"knetbsd" | b"kopenbsd" | b"appleloader"
                 if matches!(sink, Sink::Entry(_)) =>
             {
                 if let Sink::Entry(b) = sink {

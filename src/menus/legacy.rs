@@ -154,8 +154,8 @@ pub fn parse(text: &[u8], ctx: &Context, files: &dyn MenuFiles) -> Result<Menu, 
                     e.problem = Some("a multiboot entry (a hypervisor such as Xen), not a Linux kernel".into());
                 }
             }
-            b"savedefault" | b"hiddenmenu" | b"splashimage" | b"password" | b"fallback" | b"color"
-            | b"gfxmenu" | b"serial" | b"terminal" | b"lock" | b"boot" | b"quiet" => {}
+            b"savedefault" | b"hiddenmenu" | b"splashimage" | b"password" | b"fallback" | b"color" | b"gfxmenu"
+            | b"serial" | b"terminal" | b"lock" | b"boot" | b"quiet" => {}
             k => menu.note(format!("line {line_no}: skipped {}", escape(k))),
         }
     }

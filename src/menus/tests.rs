@@ -7,7 +7,9 @@
 use super::*;
 
 fn corpus(name: &str) -> Vec<u8> {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/menus").join(name);
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/menus")
+        .join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -17,7 +19,16 @@ fn s(b: &[u8]) -> String {
 
 /// One entry as the tests state it: title, submenu path, kernel
 /// (device, path), initrd paths, args, problem.
-fn summary(e: &Entry) -> (String, String, Option<(Option<Device>, String)>, Vec<String>, String, bool) {
+fn summary(
+    e: &Entry,
+) -> (
+    String,
+    String,
+    Option<(Option<Device>, String)>,
+    Vec<String>,
+    String,
+    bool,
+) {
     (
         s(&e.title),
         e.submenus.iter().map(|l| s(&l.title)).collect::<Vec<_>>().join(">"),
@@ -49,7 +60,14 @@ fn debian12_grub_mkconfig() {
     let i = |v: &str| vec![format!("/initrd.img-{v}")];
     let adv = "Advanced options for Debian GNU/Linux";
     let want = vec![
-        ("Debian GNU/Linux".into(), "".into(), k("6.1.0-28-amd64"), i("6.1.0-28-amd64"), args.clone(), false),
+        (
+            "Debian GNU/Linux".into(),
+            "".into(),
+            k("6.1.0-28-amd64"),
+            i("6.1.0-28-amd64"),
+            args.clone(),
+            false,
+        ),
         (
             "Debian GNU/Linux, with Linux 6.1.0-28-amd64".into(),
             adv.into(),
@@ -87,7 +105,10 @@ fn debian12_grub_mkconfig() {
     assert_eq!(m.default.as_deref(), Some(&b"0"[..]));
     assert_eq!(m.default_index(), Some(0));
     assert_eq!(m.timeout, Some(Timeout::Secs(5)));
-    assert_eq!(m.entries[0].id.as_deref(), Some(format!("gnulinux-simple-{DEB_ROOT}").as_bytes()));
+    assert_eq!(
+        m.entries[0].id.as_deref(),
+        Some(format!("gnulinux-simple-{DEB_ROOT}").as_bytes())
+    );
     assert_eq!(m.entries[3].index, 2);
     assert_eq!(
         m.entries[3].submenus[0].id.as_deref(),
@@ -179,7 +200,10 @@ fn ubuntu2404_memtest_and_efi_only_entries() {
     );
     // grub_platform is xen: the UEFI firmware entry is not defined.
     let memtest = &m.entries[3];
-    assert_eq!(memtest.kernel.as_ref().unwrap().device, Some(Device::Partition { disk: 0, part: Some(2) }));
+    assert_eq!(
+        memtest.kernel.as_ref().unwrap().device,
+        Some(Device::Partition { disk: 0, part: Some(2) })
+    );
     assert_eq!(s(&memtest.kernel.as_ref().unwrap().path), "/boot/memtest86+x64.bin");
     assert_eq!(m.entries[0].kernel.as_ref().unwrap().device, uuid(u));
     assert_eq!(select(&m, &Selector::parse(b"3")), Ok(3));
@@ -199,9 +223,16 @@ fn alma_files(with_env: bool) -> MemFiles {
     if with_env {
         f = f.with("/grub2/grubenv", corpus("alma8/grub2/grubenv"));
     }
-    for v in ["4.18.0-513.5.1.el8_9.x86_64", "4.18.0-477.10.1.el8_8.x86_64", "0-rescue"] {
+    for v in [
+        "4.18.0-513.5.1.el8_9.x86_64",
+        "4.18.0-477.10.1.el8_8.x86_64",
+        "0-rescue",
+    ] {
         let name = format!("{ALMA_MID}-{v}.conf");
-        f = f.with(&format!("/loader/entries/{name}"), corpus(&format!("alma8/loader/entries/{name}")));
+        f = f.with(
+            &format!("/loader/entries/{name}"),
+            corpus(&format!("alma8/loader/entries/{name}")),
+        );
     }
     f
 }
@@ -248,7 +279,11 @@ fn alma8_blscfg_with_grubenv_kernelopts() {
     assert_eq!(m.timeout, Some(Timeout::Secs(5)));
     // Without grubenv: the fallback kernelopts from grub.cfg, default 0.
     let m = grub(&cfg, "/grub2", &alma_files(false));
-    assert!(s(&m.entries[0].args).ends_with("rd.lvm.lv=almalinux/swap rhgb quiet"), "{}", s(&m.entries[0].args));
+    assert!(
+        s(&m.entries[0].args).ends_with("rd.lvm.lv=almalinux/swap rhgb quiet"),
+        "{}",
+        s(&m.entries[0].args)
+    );
     assert_eq!(m.default_index(), Some(0));
 }
 
@@ -268,10 +303,19 @@ fn nixos_install_grub() {
     let e = &m.entries[2];
     let k = e.kernel.as_ref().unwrap();
     assert_eq!(k.device, uuid(u));
-    assert_eq!(s(&k.path), "/nix/store/3rfn2b4v6x8z0c2e4g6i8k0m2o4q6s8u-linux-6.6.58/bzImage");
-    assert_eq!(s(&e.initrds[0].path), "/nix/store/9h1j3l5n7p9r1t3v5x7z9b1d3f5h7j9l-initrd-linux-6.6.58/initrd");
+    assert_eq!(
+        s(&k.path),
+        "/nix/store/3rfn2b4v6x8z0c2e4g6i8k0m2o4q6s8u-linux-6.6.58/bzImage"
+    );
+    assert_eq!(
+        s(&e.initrds[0].path),
+        "/nix/store/9h1j3l5n7p9r1t3v5x7z9b1d3f5h7j9l-initrd-linux-6.6.58/initrd"
+    );
     let sys = "/nix/store/0a67imq3pqd5kjync8vsp53m8p36p1cg-nixos-system-guest-24.11.20241101.aaaaaaa";
-    assert_eq!(s(&e.args), format!("systemConfig={sys} init={sys}/init console=hvc0 loglevel=4"));
+    assert_eq!(
+        s(&e.args),
+        format!("systemConfig={sys} init={sys}/init console=hvc0 loglevel=4")
+    );
     assert_eq!(m.default_index(), Some(0));
     assert_eq!(m.timeout, Some(Timeout::Secs(5)));
 }
@@ -280,7 +324,9 @@ fn nixos_install_grub() {
 fn nixos_extlinux_builder() {
     let m = extlinux::parse(
         &corpus("nixos-extlinux.conf"),
-        &extlinux::Context { dir: b"/boot/extlinux".to_vec() },
+        &extlinux::Context {
+            dir: b"/boot/extlinux".to_vec(),
+        },
         &MemFiles::default(),
     )
     .unwrap();
@@ -290,15 +336,24 @@ fn nixos_extlinux_builder() {
     assert_eq!(got[0].0, "NixOS - Default");
     assert_eq!(
         got[0].2,
-        Some((None, "/boot/nixos/5x2vc8pmkkkkkkkkkkkkkkkkkkkkkkkk-linux-6.6.60-bzImage".into()))
+        Some((
+            None,
+            "/boot/nixos/5x2vc8pmkkkkkkkkkkkkkkkkkkkkkkkk-linux-6.6.60-bzImage".into()
+        ))
     );
-    assert_eq!(got[0].3, ["/boot/nixos/5x2vc8pmiiiiiiiiiiiiiiiiiiiiiiii-initrd-linux-6.6.60-initrd"]);
+    assert_eq!(
+        got[0].3,
+        ["/boot/nixos/5x2vc8pmiiiiiiiiiiiiiiiiiiiiiiii-initrd-linux-6.6.60-initrd"]
+    );
     assert_eq!(got[0].4, format!("init={sys2}/init console=hvc0 loglevel=4"));
     assert!(got[1].0.starts_with("NixOS - Configuration 2 ("));
     assert!(got[2].0.starts_with("NixOS - Configuration 1 ("));
     assert_eq!(
         got[2].2,
-        Some((None, "/boot/nixos/0a67imq3kkkkkkkkkkkkkkkkkkkkkkkk-linux-6.6.58-bzImage".into()))
+        Some((
+            None,
+            "/boot/nixos/0a67imq3kkkkkkkkkkkkkkkkkkkkkkkk-linux-6.6.58-bzImage".into()
+        ))
     );
     assert_eq!(m.entries[2].id.as_deref(), Some(&b"nixos-1"[..]));
     assert_eq!(m.default.as_deref(), Some(&b"nixos-default"[..]));
@@ -344,9 +399,16 @@ fn centos6_grub_legacy() {
     let got: Vec<_> = m.entries.iter().map(summary).collect();
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].0, "CentOS 6 (2.6.32-754.35.1.el6.x86_64)");
-    assert_eq!(got[0].2, Some((p1.clone(), "/vmlinuz-2.6.32-754.35.1.el6.x86_64".into())));
+    assert_eq!(
+        got[0].2,
+        Some((p1.clone(), "/vmlinuz-2.6.32-754.35.1.el6.x86_64".into()))
+    );
     assert_eq!(got[0].3, ["/initramfs-2.6.32-754.35.1.el6.x86_64.img"]);
-    assert!(got[0].4.starts_with("ro root=UUID=6a1f3c5e-7b9d-4f1a-8c3e-5a7c9e1b3d5f rd_NO_LUKS"));
+    assert!(
+        got[0]
+            .4
+            .starts_with("ro root=UUID=6a1f3c5e-7b9d-4f1a-8c3e-5a7c9e1b3d5f rd_NO_LUKS")
+    );
     assert!(got[0].4.ends_with("rd_NO_DM rhgb quiet"));
     assert_eq!(got[1].2, Some((p1, "/vmlinuz-2.6.32-754.el6.x86_64".into())));
     assert_eq!(m.default_index(), Some(0));
@@ -357,7 +419,14 @@ fn centos6_grub_legacy() {
 fn legacy_saved_default() {
     let text = b"default saved\ntitle A\nkernel (hd0,1)/a\ntitle B\nroot (hd0,0)\nkernel /b x=1\ninitrd /ib\n";
     let files = MemFiles::default().with("/boot/grub/default", "1\n#\n");
-    let m = legacy::parse(text, &legacy::Context { dir: b"/boot/grub".to_vec() }, &files).unwrap();
+    let m = legacy::parse(
+        text,
+        &legacy::Context {
+            dir: b"/boot/grub".to_vec(),
+        },
+        &files,
+    )
+    .unwrap();
     assert_eq!(m.default_index(), Some(1));
     assert_eq!(
         m.entries[0].kernel.as_ref().unwrap().device,
@@ -371,7 +440,10 @@ fn bls_kernel_install_debian12() {
     let mut files = MemFiles::default();
     for v in ["6.1.0-27-amd64", "6.1.0-28-amd64"] {
         let name = format!("4a1c2d3e4f5061728394a5b6c7d8e9f0-{v}.conf");
-        files = files.with(&format!("/loader/entries/{name}"), corpus(&format!("bls-debian12/{name}")));
+        files = files.with(
+            &format!("/loader/entries/{name}"),
+            corpus(&format!("bls-debian12/{name}")),
+        );
     }
     files = files.with("/loader/loader.conf", "timeout 3\ndefault *6.1.0-27*\n");
     let m = bls::parse(&files, b"/loader/entries").unwrap();
@@ -381,7 +453,10 @@ fn bls_kernel_install_debian12() {
         got[0].2,
         Some((None, "/4a1c2d3e4f5061728394a5b6c7d8e9f0/6.1.0-28-amd64/linux".into()))
     );
-    assert_eq!(got[0].3, ["/4a1c2d3e4f5061728394a5b6c7d8e9f0/6.1.0-28-amd64/initrd.img"]);
+    assert_eq!(
+        got[0].3,
+        ["/4a1c2d3e4f5061728394a5b6c7d8e9f0/6.1.0-28-amd64/initrd.img"]
+    );
     assert_eq!(
         got[0].4,
         "root=UUID=0f2c7e11-4b0a-4c2e-8f3b-6a1d9e5c2b02 ro console=hvc0 systemd.machine_id=4a1c2d3e4f5061728394a5b6c7d8e9f0"
@@ -417,7 +492,10 @@ set timeout=-1
     assert_eq!(s(&m.entries[0].args), "x y x y q\"uo$tez w  x");
     let i: Vec<String> = m.entries[0].initrds.iter().map(|f| s(&f.path)).collect();
     assert_eq!(i, ["/i1", "/i2", "/i3"]);
-    assert_eq!(m.entries[1].kernel.as_ref().unwrap().device, Some(Device::Partition { disk: 1, part: Some(3) }));
+    assert_eq!(
+        m.entries[1].kernel.as_ref().unwrap().device,
+        Some(Device::Partition { disk: 1, part: Some(3) })
+    );
     assert_eq!(m.default_index(), Some(1));
     assert_eq!(m.timeout, Some(Timeout::Forever));
 }
@@ -451,8 +529,14 @@ fn selection() {
     let m = grub(&corpus("debian12-grub.cfg"), "/grub", &MemFiles::default());
     assert_eq!(select(&m, &Selector::parse(b"1")), Ok(1));
     assert_eq!(select(&m, &Selector::parse(b"4")), Ok(4));
-    assert_eq!(select(&m, &Selector::parse(b"5")), Err(SelectError::NoIndex { index: 5, len: 5 }));
-    assert_eq!(select(&m, &Selector::parse(b"Debian GNU/Linux, with Linux 6.1.0-27-amd64")), Ok(3));
+    assert_eq!(
+        select(&m, &Selector::parse(b"5")),
+        Err(SelectError::NoIndex { index: 5, len: 5 })
+    );
+    assert_eq!(
+        select(&m, &Selector::parse(b"Debian GNU/Linux, with Linux 6.1.0-27-amd64")),
+        Ok(3)
+    );
     assert_eq!(
         select(
             &m,
@@ -462,17 +546,35 @@ fn selection() {
     );
     // GRUB-style index path.
     assert_eq!(select(&m, &Selector::parse(b"1>3")), Ok(4));
-    assert!(matches!(select(&m, &Selector::parse(b"nope")), Err(SelectError::NoTitle(_))));
+    assert!(matches!(
+        select(&m, &Selector::parse(b"nope")),
+        Err(SelectError::NoTitle(_))
+    ));
     assert_eq!(select(&Menu::default(), &Selector::Default), Err(SelectError::Empty));
 }
 
 #[test]
 fn devices() {
-    assert_eq!(Device::parse_grub(b"hd0,msdos1"), Some(Device::Partition { disk: 0, part: Some(1) }));
-    assert_eq!(Device::parse_grub(b"(hd0,gpt2)"), Some(Device::Partition { disk: 0, part: Some(2) }));
-    assert_eq!(Device::parse_grub(b"hd1"), Some(Device::Partition { disk: 1, part: None }));
-    assert_eq!(Device::parse_grub(b"xen/xvdb,3"), Some(Device::Partition { disk: 1, part: Some(3) }));
-    assert_eq!(Device::parse_grub(b"lvm/vg-root"), Some(Device::Other(b"lvm/vg-root".to_vec())));
+    assert_eq!(
+        Device::parse_grub(b"hd0,msdos1"),
+        Some(Device::Partition { disk: 0, part: Some(1) })
+    );
+    assert_eq!(
+        Device::parse_grub(b"(hd0,gpt2)"),
+        Some(Device::Partition { disk: 0, part: Some(2) })
+    );
+    assert_eq!(
+        Device::parse_grub(b"hd1"),
+        Some(Device::Partition { disk: 1, part: None })
+    );
+    assert_eq!(
+        Device::parse_grub(b"xen/xvdb,3"),
+        Some(Device::Partition { disk: 1, part: Some(3) })
+    );
+    assert_eq!(
+        Device::parse_grub(b"lvm/vg-root"),
+        Some(Device::Other(b"lvm/vg-root".to_vec()))
+    );
     assert_eq!(Device::parse_grub(b""), None);
     for d in [
         Device::FsUuid(b"ab-cd".to_vec()),
@@ -489,13 +591,26 @@ fn devices() {
 #[test]
 fn extlinux_include_append_initrd_and_caps() {
     let files = MemFiles::default()
-        .with("/boot/extlinux/more.conf", "LABEL two\n  KERNEL /k2\n  APPEND initrd=/a.img,/b.img ro\n")
+        .with(
+            "/boot/extlinux/more.conf",
+            "LABEL two\n  KERNEL /k2\n  APPEND initrd=/a.img,/b.img ro\n",
+        )
         .with("/boot/extlinux/loop.conf", "INCLUDE loop.conf\n");
-    let ctx = extlinux::Context { dir: b"/boot/extlinux".to_vec() };
-    let m = extlinux::parse(b"default two\nLABEL one\n kernel menu.c32\ninclude more.conf\n", &ctx, &files).unwrap();
+    let ctx = extlinux::Context {
+        dir: b"/boot/extlinux".to_vec(),
+    };
+    let m = extlinux::parse(
+        b"default two\nLABEL one\n kernel menu.c32\ninclude more.conf\n",
+        &ctx,
+        &files,
+    )
+    .unwrap();
     assert!(m.entries[0].problem.is_some());
     let two = &m.entries[1];
-    assert_eq!(two.initrds.iter().map(|f| s(&f.path)).collect::<Vec<_>>(), ["/a.img", "/b.img"]);
+    assert_eq!(
+        two.initrds.iter().map(|f| s(&f.path)).collect::<Vec<_>>(),
+        ["/a.img", "/b.img"]
+    );
     assert_eq!(s(&two.args), "ro");
     assert_eq!(m.default_index(), Some(1));
     assert!(matches!(
@@ -507,7 +622,9 @@ fn extlinux_include_append_initrd_and_caps() {
 #[test]
 fn grub_caps_and_errors() {
     let files = MemFiles::default().with("/boot/grub/self.cfg", "source /boot/grub/self.cfg\n");
-    let ctx = grub::Context { dir: b"/boot/grub".to_vec() };
+    let ctx = grub::Context {
+        dir: b"/boot/grub".to_vec(),
+    };
     assert!(matches!(
         grub::parse(b"source /boot/grub/self.cfg\n", &ctx, &files),
         Err(MenuError::TooDeep { .. })
@@ -521,7 +638,10 @@ fn grub_caps_and_errors() {
         grub::parse(b"menuentry 'x {\n", &ctx, &files),
         Err(MenuError::Syntax { line: 1, .. })
     ));
-    assert!(matches!(grub::parse(b"if true; then\n", &ctx, &files), Err(MenuError::Syntax { .. })));
+    assert!(matches!(
+        grub::parse(b"if true; then\n", &ctx, &files),
+        Err(MenuError::Syntax { .. })
+    ));
     // Doubling a variable quickly hits the expansion cap, not the memory.
     let bomb = "set a=xxxxxxxxxxxxxxxx\n".to_string() + &"set a=$a$a\n".repeat(40);
     assert!(matches!(
@@ -534,5 +654,8 @@ fn grub_caps_and_errors() {
         Err(MenuError::TooMany { .. })
     ));
     let big = vec![b'#'; usize::try_from(crate::limits::MAX_MENU_CONFIG).unwrap() + 1];
-    assert!(matches!(grub::parse(&big, &ctx, &files), Err(MenuError::TooLarge { .. })));
+    assert!(matches!(
+        grub::parse(&big, &ctx, &files),
+        Err(MenuError::TooLarge { .. })
+    ));
 }
