@@ -11,7 +11,7 @@ use super::{
     load_generation, read_profile,
 };
 use crate::error::escape;
-use crate::guestfs::GuestFs;
+use crate::fs::GuestFs;
 
 /// What `--entry` asked for, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
