@@ -507,11 +507,14 @@ const QUIET: &[&[u8]] = &[
     b"rmmod",
 ];
 
+/// A scope's undo log: each variable set in it and its value before.
+type UndoLog = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 struct Eval<'a> {
     files: Budgeted<'a>,
     vars: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Undo logs of the open scopes (entry bodies, submenus).
-    scopes: Vec<Vec<(Vec<u8>, Option<Vec<u8>>)>>,
+    scopes: Vec<UndoLog>,
     steps: u32,
     expanded: usize,
     includes: u32,
@@ -787,12 +790,9 @@ impl<'a> Eval<'a> {
         match cmd.as_slice() {
             b"set" => {
                 for a in args {
-                    match a.iter().position(|c| *c == b'=') {
-                        Some(eq) => {
-                            let (n, v) = a.split_at(eq);
-                            self.set(n, v.get(1..).unwrap_or(&[]).to_vec())?;
-                        }
-                        None => {}
+                    if let Some(eq) = a.iter().position(|c| *c == b'=') {
+                        let (n, v) = a.split_at(eq);
+                        self.set(n, v.get(1..).unwrap_or(&[]).to_vec())?;
                     }
                 }
                 Ok(true)

@@ -35,6 +35,7 @@
 )]
 
 pub mod bls;
+pub mod disk;
 pub mod extlinux;
 pub mod grub;
 pub mod legacy;
@@ -112,14 +113,14 @@ impl Device {
             return None;
         }
         if let Some(rest) = name.strip_prefix(SEARCH_PREFIX) {
-            for (key, make) in [
-                (&b"fs-uuid="[..], Device::FsUuid as fn(Vec<u8>) -> Device),
-                (b"label=", Device::Label),
-                (b"file=", Device::File),
-            ] {
-                if let Some(v) = rest.strip_prefix(key) {
-                    return Some(make(v.to_vec()));
-                }
+            if let Some(v) = rest.strip_prefix(b"fs-uuid=") {
+                return Some(Device::FsUuid(v.to_vec()));
+            }
+            if let Some(v) = rest.strip_prefix(b"label=") {
+                return Some(Device::Label(v.to_vec()));
+            }
+            if let Some(v) = rest.strip_prefix(b"file=") {
+                return Some(Device::File(v.to_vec()));
             }
         }
         let mut parts = name.split(|b| *b == b',');

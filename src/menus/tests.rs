@@ -2,7 +2,13 @@
 //! `testdata/README.md`), parsed and checked entry by entry, plus the
 //! grammar's corner cases and caps.
 
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::expect_used,
+    clippy::type_complexity
+)]
 
 use super::*;
 
