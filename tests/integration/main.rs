@@ -17,6 +17,7 @@ mod boot;
 mod cli_compat;
 mod common;
 mod generations;
+mod guest_menus;
 mod hostile;
 mod nix_partition;
 mod readers;
