@@ -19,6 +19,7 @@ use crate::fs::{self, FsError, GuestFile, GuestFs, Mount};
 use crate::ipc::{self, EntryRef, MenuEnd, Plan, Tag};
 use crate::kernel;
 use crate::list::{self, Listed};
+use crate::menus;
 use crate::nixos::installed::{self, GuestTimeout, INSTALLED_FILE, Installed};
 use crate::nixos::{self, BootEntry, NixosError, SYSTEM_PROFILE, select};
 use crate::part;
@@ -756,7 +757,12 @@ pub fn run(src: Rc<dyn BlockSource>, req: &Request, out: &mut dyn Write) -> Resu
         Selection::Paths { kernel, .. } if req.mode == Mode::Boot => kernel.as_bytes().to_vec(),
         _ => SYSTEM_PROFILE.as_bytes().to_vec(),
     };
-    let (fs, found_in) = open_system(src, req.offset, &want)?;
+    let (fs, found_in) = match open_system(src.clone(), req.offset, &want) {
+        Ok(found) => found,
+        // No NixOS profile on the disk: the guest's own boot menu.
+        Err(e) if !matches!(req.selection, Selection::Paths { .. }) => return run_menus(src, req, out, &e),
+        Err(e) => return Err(e),
+    };
     match req.mode {
         Mode::List { json } => send_list(&fs, req, json, out)?,
         Mode::Menu => send_menu(&fs, req, out)?,
@@ -772,4 +778,164 @@ pub fn run(src: Rc<dyn BlockSource>, req: &Request, out: &mut dyn Write) -> Resu
         }
     }
     ipc::write_frame(out, Tag::Done, &[]).map_err(|e| Error::host("sending end frame", e))
+}
+
+/// A file to send for a guest-menu boot: volume, path, length.
+type MenuFile = (usize, String, u64);
+
+/// Why an entry of a guest menu cannot be booted, for the diagnostics.
+fn menu_entry_problem(e: &menus::Entry, why: &str) -> String {
+    format!("entry {} {why}", escape(&e.path_title()))
+}
+
+/// A guest path from a menu as the plan carries it (UTF-8).
+fn menu_path(p: &[u8]) -> Result<String, String> {
+    String::from_utf8(p.to_vec()).map_err(|_| format!("path {} is not UTF-8", escape(p)))
+}
+
+/// Plan the boot of one entry of a guest menu: kernel (the PV check),
+/// initrds (concatenated in order, their sum within the cap), command line.
+/// Returns the plan and the files to send: (volume, path, length).
+fn plan_menu_entry(
+    vols: &[menus::disk::Volume],
+    found: &menus::disk::Found,
+    e: &menus::Entry,
+    req: &Request,
+) -> Result<(Plan, Vec<MenuFile>), String> {
+    use menus::disk::locate;
+    if let Some(p) = &e.problem {
+        return Err(menu_entry_problem(e, p));
+    }
+    let Some(k) = &e.kernel else {
+        return Err(menu_entry_problem(e, "loads no kernel"));
+    };
+    let kv = locate(vols, found.vol, k).map_err(|w| menu_entry_problem(e, &w))?;
+    let kfs = &vols.get(kv).ok_or("no volume")?.fs;
+    let kpath = menu_path(&k.path)?;
+    let checked = bootable(kfs, &kpath, None, req).map_err(|w| menu_entry_problem(e, &w))?;
+    let mut files = vec![(kv, kpath.clone(), checked.kernel_len)];
+    let mut total: u64 = 0;
+    let mut names = Vec::new();
+    for i in &e.initrds {
+        let iv = locate(vols, found.vol, i).map_err(|w| menu_entry_problem(e, &w))?;
+        let ipath = menu_path(&i.path)?;
+        let fs = &vols.get(iv).ok_or("no volume")?.fs;
+        let (_, len) = fs
+            .stat_regular(ipath.as_bytes(), req.max_initrd)
+            .map_err(|err| menu_entry_problem(e, &file_problem("initrd", err)))?;
+        total = total
+            .checked_add(len)
+            .filter(|t| *t <= req.max_initrd)
+            .ok_or_else(|| menu_entry_problem(e, &format!("initrds add up to more than {} bytes", req.max_initrd)))?;
+        names.push(ipath.clone());
+        files.push((iv, ipath, len));
+    }
+    let args = String::from_utf8_lossy(&e.args).into_owned();
+    let line =
+        cmdline::build(None, &[args], req.args.as_deref()).map_err(|err| menu_entry_problem(e, &err.to_string()))?;
+    let cmdline = match &req.cmdline_override {
+        Some(l) => {
+            cmdline::check_value("edited command line", l).map_err(|err| err.to_string())?;
+            if l.len() > crate::limits::MAX_CMDLINE {
+                return Err(cmdline::CmdlineError::TooLong(l.len()).to_string());
+            }
+            l.clone()
+        }
+        None => line,
+    };
+    let place = vols.get(found.vol).map(|v| v.place.clone()).unwrap_or_default();
+    let plan = Plan {
+        label: String::from_utf8_lossy(&e.path_title()).into_owned(),
+        kernel: kpath,
+        kernel_len: checked.kernel_len,
+        initrd: (!names.is_empty()).then(|| (names.join(" + "), total)),
+        cmdline,
+        found_in: format!("{place}, {} menu {}", found.kind.name(), escape(&found.path)),
+        kernel_key: checked.key,
+        kernel_verified: checked.verified_now,
+        toplevel: None,
+        reason: None,
+    };
+    Ok((plan, files))
+}
+
+/// Boot from the guest's own menu (GRUB 2, BLS, extlinux, GRUB legacy):
+/// the first partition whose menu yields a bootable entry. When nothing
+/// boots, one line per partition says what was found and why it failed.
+fn run_menus(src: Rc<dyn BlockSource>, req: &Request, out: &mut dyn Write, nixos: &Error) -> Result<(), Error> {
+    use menus::{Selector, select};
+    let (vols, mut lines) = menus::disk::volumes(src, req.offset)?;
+    if matches!(req.mode, Mode::List { .. } | Mode::Menu) {
+        return Err(not_bootable(
+            "the disk",
+            format!("has no NixOS profile ({nixos}); listing guest menus is not supported yet"),
+        ));
+    }
+    let sel = match &req.selection {
+        Selection::Entry(s) => Selector::parse(s.as_bytes()),
+        _ => Selector::Default,
+    };
+    for vol in 0..vols.len() {
+        let place = vols.get(vol).map(|v| v.place.clone()).unwrap_or_default();
+        let found = match menus::disk::find_menu(&vols, vol, None) {
+            Ok(f) => f,
+            Err(why) => {
+                lines.push(format!("{place}: {why}"));
+                continue;
+            }
+        };
+        let what = format!("{place}: {} menu {}", found.kind.name(), escape(&found.path));
+        let first = match select(&found.menu, &sel) {
+            Ok(i) => i,
+            Err(err) => {
+                lines.push(format!("{what}: {err}"));
+                continue;
+            }
+        };
+        // The chosen entry; for the default, then the others in order.
+        let mut order = vec![first];
+        if sel == Selector::Default {
+            order.extend((0..found.menu.entries.len()).filter(|i| *i != first));
+        }
+        let mut refused = Vec::new();
+        for i in order {
+            let Some(e) = found.menu.entries.get(i) else { continue };
+            match plan_menu_entry(&vols, &found, e, req) {
+                Ok((mut plan, files)) => {
+                    if i != first {
+                        plan.reason = Some(format!("the menu's default was refused: {}", refused.join("; ")));
+                    }
+                    ipc::write_json(out, Tag::Plan, &plan).map_err(|e| Error::host("sending plan", e))?;
+                    if req.send_data {
+                        for (n, (v, path, len)) in files.iter().enumerate() {
+                            let fs = &vols
+                                .get(*v)
+                                .ok_or_else(|| not_bootable(&plan.label, "no volume".into()))?
+                                .fs;
+                            let (cap, tag) = if n == 0 {
+                                (req.max_kernel, Tag::Kernel)
+                            } else {
+                                (req.max_initrd, Tag::Initrd)
+                            };
+                            send_file(fs, path, cap, *len, tag, out)?;
+                        }
+                    }
+                    return ipc::write_frame(out, Tag::Done, &[]).map_err(|e| Error::host("sending end frame", e));
+                }
+                Err(why) => refused.push(why),
+            }
+        }
+        lines.push(format!("{what}: {}", refused.join("; ")));
+    }
+    for l in &lines {
+        log::warn!("{l}");
+    }
+    Err(Error::Guest(GuestError::Nixos(NixosError::UnknownEntry(format!(
+        "nothing to boot: no NixOS profile ({nixos}), and no guest boot menu with a bootable entry ({})",
+        if lines.is_empty() {
+            "no partitions".to_owned()
+        } else {
+            lines.join("; ")
+        }
+    )))))
 }

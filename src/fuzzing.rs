@@ -778,3 +778,134 @@ fn btrfs_walk(image: &dyn BlockSource, fs: &crate::fs::GuestFs, dir: &[u8], dept
         }
     }
 }
+
+/// The files a menu fuzz input carries besides its menu: the fields after
+/// the first ([`FIELD_SEP`]-separated) become `<dir>/grubenv`, then
+/// `/loader/entries/<n>.conf` and `<dir>/<n>.cfg` (for `source` and
+/// `INCLUDE`), and `<dir>/default` (legacy's saved default).
+fn menu_input(data: &[u8], dir: &str) -> (Vec<u8>, crate::menus::MemFiles) {
+    let mut fields = data.split(|b| *b == FIELD_SEP);
+    let config = fields.next().unwrap_or_default().to_vec();
+    let mut files = crate::menus::MemFiles::default();
+    for (n, f) in fields.enumerate() {
+        if n == 0 {
+            files = files
+                .with(&format!("{dir}/grubenv"), f)
+                .with(&format!("{dir}/default"), f);
+        } else {
+            files = files
+                .with(&format!("/loader/entries/{n}.conf"), f)
+                .with(&format!("/boot/loader/entries/{n}.conf"), f)
+                .with(&format!("{dir}/{n}.cfg"), f);
+        }
+    }
+    (config, files)
+}
+
+/// What every parsed menu promises: its caps, a default inside it, and
+/// selection that finds each entry again by index and by title path.
+fn check_menu(m: &crate::menus::Menu) {
+    use crate::limits::{MAX_MENU_ENTRIES, MAX_MENU_NOTES, MAX_PATH_LEN};
+    use crate::menus::{Selector, select};
+    assert!(m.entries.len() <= MAX_MENU_ENTRIES, "{} entries", m.entries.len());
+    assert!(m.notes.len() <= MAX_MENU_NOTES);
+    if let Some(d) = m.default_index() {
+        assert!(d < m.entries.len());
+    }
+    for (i, e) in m.entries.iter().enumerate() {
+        for f in e.kernel.iter().chain(&e.initrds) {
+            assert!(f.path.len() <= MAX_PATH_LEN);
+            assert!(
+                f.path.starts_with(b"/"),
+                "relative path {}",
+                crate::error::escape(&f.path)
+            );
+            let _ = f.to_string();
+        }
+        assert_eq!(select(m, &Selector::Index(i)), Ok(i));
+        let path = e.path_title();
+        let j = select(m, &Selector::Title(path.clone())).expect("an entry's own path not found");
+        let f = &m.entries[j];
+        assert!(f.title == path || f.path_title() == path);
+    }
+}
+
+/// GRUB 2 `grub.cfg` evaluation (with grubenv, BLS entries and sourced
+/// files from the later fields, see [`menu_input`]).
+///
+/// # Panics
+///
+/// If a parsed menu breaks [`check_menu`].
+pub fn grub(data: &[u8]) {
+    use crate::menus::grub;
+    let (config, files) = menu_input(data, "/boot/grub");
+    if let Ok(m) = grub::parse(
+        &config,
+        &grub::Context {
+            dir: b"/boot/grub".to_vec(),
+        },
+        &files,
+    ) {
+        check_menu(&m);
+    }
+    let _ = grub::parse_grubenv(data);
+}
+
+/// BLS entries: the first field as one entry file, and every field as a
+/// `loader/entries` directory (with the first as `loader.conf`).
+///
+/// # Panics
+///
+/// If a parsed menu breaks [`check_menu`], or the order is not total.
+pub fn bls(data: &[u8]) {
+    use crate::menus::bls;
+    let (config, files) = menu_input(data, "/loader");
+    if let Ok(e) = bls::parse_entry(b"fuzz", &config) {
+        let _ = e.to_entry(None);
+        assert_eq!(bls::compare(&e, &e), std::cmp::Ordering::Equal);
+    }
+    let files = files.with("/loader/loader.conf", config.clone());
+    if let Ok(m) = bls::parse(&files, b"/loader/entries") {
+        check_menu(&m);
+    }
+    let (a, b) = config.split_at(config.len() / 2);
+    assert_eq!(bls::version_cmp(a, b), bls::version_cmp(b, a).reverse());
+}
+
+/// extlinux/syslinux configs (includes from the later fields).
+///
+/// # Panics
+///
+/// If a parsed menu breaks [`check_menu`].
+pub fn extlinux(data: &[u8]) {
+    use crate::menus::extlinux;
+    let (config, files) = menu_input(data, "/boot/extlinux");
+    if let Ok(m) = extlinux::parse(
+        &config,
+        &extlinux::Context {
+            dir: b"/boot/extlinux".to_vec(),
+        },
+        &files,
+    ) {
+        check_menu(&m);
+    }
+}
+
+/// GRUB legacy `menu.lst` (the second field is the saved `default` file).
+///
+/// # Panics
+///
+/// If a parsed menu breaks [`check_menu`].
+pub fn legacy(data: &[u8]) {
+    use crate::menus::legacy;
+    let (config, files) = menu_input(data, "/boot/grub");
+    if let Ok(m) = legacy::parse(
+        &config,
+        &legacy::Context {
+            dir: b"/boot/grub".to_vec(),
+        },
+        &files,
+    ) {
+        check_menu(&m);
+    }
+}

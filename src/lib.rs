@@ -2,7 +2,8 @@
 //! way it runs pygrub (`bootloader = "/usr/bin/nixboot"`).
 //!
 //! Data flows one way: [`cli`] → [`disk`] → [`part`] → [`fs`] →
-//! [`nixos`] → [`cmdline`] → [`output`]. The stages from `part` to
+//! [`nixos`] (or, without a NixOS profile, the guest's own boot menu:
+//! [`menus`]) → [`cmdline`] → [`output`]. The stages from `part` to
 //! `cmdline` read guest data and run in a confined child process
 //! ([`sandbox`], [`boot`]); only [`disk`], [`output`], [`sandbox`] and
 //! [`app`] touch the OS. Every guest-derived size and count is bounded by a
@@ -29,6 +30,7 @@ pub mod limits;
 pub mod list;
 pub mod logging;
 pub mod menu;
+pub mod menus;
 pub mod nixos;
 pub mod output;
 pub mod part;

@@ -212,3 +212,43 @@ pub const MAX_LVM_NESTING: usize = 16;
 /// Settings, sections and array elements accepted in one LVM2 metadata
 /// text (a VG with a thousand LVs has ~30,000).
 pub const MAX_LVM_TOKENS: usize = 1 << 18;
+
+/// Largest boot-menu file read from the guest: a `grub.cfg`, BLS entry,
+/// `extlinux.conf`, `menu.lst`, grubenv or an included file (1 MiB, what
+/// pygrub reads; real ones are a few KiB).
+pub const MAX_MENU_CONFIG: u64 = MIB;
+
+/// Bytes of menu files read while evaluating one menu, includes, BLS
+/// entries and grubenv together.
+pub const MAX_MENU_READ_TOTAL: u64 = 16 * MIB;
+
+/// Files read or directories listed while evaluating one menu.
+pub const MAX_MENU_FILES: u32 = 2048;
+
+/// Nested `source`/`INCLUDE` files (syslinux itself allows 16).
+pub const MAX_MENU_INCLUDE_DEPTH: u32 = 8;
+
+/// Nesting of blocks in a GRUB script (`if`, `menuentry`, `submenu`,
+/// `function`, loops) and of submenus.
+pub const MAX_MENU_NESTING: u32 = 16;
+
+/// Entries in one guest boot menu, submenus flattened (and BLS entry
+/// files read).
+pub const MAX_GUEST_MENU_ENTRIES: usize = 1024;
+
+/// Distinct variables a GRUB script or grubenv may set.
+pub const MAX_MENU_VARIABLES: usize = 1024;
+
+/// Longest value of one variable, and longest word after expansion.
+pub const MAX_MENU_EXPANSION: usize = 64 * 1024;
+
+/// Bytes produced by variable expansion while evaluating one menu, all
+/// words together: bounds the time a script of repeated `$big` costs.
+pub const MAX_MENU_EXPANDED_TOTAL: usize = 64 * MIB as usize;
+
+/// Commands evaluated in one menu, entry bodies included.
+pub const MAX_MENU_STEPS: u32 = 200_000;
+
+/// Notes (skipped commands, conditions taken conservatively) kept per
+/// menu for diagnostics; more are counted, not kept.
+pub const MAX_MENU_NOTES: usize = 64;

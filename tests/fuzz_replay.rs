@@ -18,6 +18,10 @@ const TARGETS: &[(&str, Target)] = &[
     ("cmdline", nixboot::fuzzing::cmdline),
     ("render", nixboot::fuzzing::render),
     ("lvm", nixboot::fuzzing::lvm),
+    ("grub", nixboot::fuzzing::grub),
+    ("bls", nixboot::fuzzing::bls),
+    ("extlinux", nixboot::fuzzing::extlinux),
+    ("legacy", nixboot::fuzzing::legacy),
 ];
 
 fn testdata() -> PathBuf {

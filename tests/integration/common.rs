@@ -90,7 +90,7 @@ pub fn have_root(why: &str) -> bool {
     false
 }
 
-fn run_tool(name: &str, args: &[OsString], stdin: Option<&[u8]>) -> Vec<u8> {
+pub fn run_tool(name: &str, args: &[OsString], stdin: Option<&[u8]>) -> Vec<u8> {
     let path = tool(name).unwrap_or_else(|| panic!("{name} vanished"));
     let mut c = Command::new(&path);
     c.args(args)

@@ -21,6 +21,7 @@ mod btrfs;
 mod cli_compat;
 mod common;
 mod generations;
+mod guest_menus;
 mod hostile;
 mod lvm;
 mod nix_partition;
