@@ -16,7 +16,7 @@
 #        E2E_VERBOSE=1      stream the whole serial console, not just the key lines
 #        E2E_LOG=file       copy the timestamped serial log there
 #        E2E_KEEP=1         keep the temporary work directory
-#        E2E_CPU=model      QEMU's -cpu (default qemu64); PVH needs SVM: qemu64,+svm,+npt
+#        E2E_CPU=model      QEMU's -cpu (default qemu64,+svm,+npt: SVM gives Xen HVM, which PVH needs)
 # Exit status: 0 if scenarios a-e all pass (f is informational), 1 otherwise.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -142,7 +142,7 @@ rm -f "$W/serial.fifo"
 mkfifo "$W/serial.fifo"
 python3 "$here/serial-log.py" "$log" ${E2E_VERBOSE:+all} < "$W/serial.fifo" &
 log_pid=$!
-timeout --foreground -k 10 "$(left)" qemu-system-x86_64 -accel tcg -cpu "${E2E_CPU:-qemu64}" -smp 2 -m 2048M \
+timeout --foreground -k 10 "$(left)" qemu-system-x86_64 -accel tcg -cpu "${E2E_CPU:-qemu64,+svm,+npt}" -smp 2 -m 2048M \
   -display none -monitor none -serial stdio -no-reboot \
   -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
   -kernel "$out/xen" -append "$xen_cmdline" \
@@ -263,7 +263,7 @@ for scn in $SCENARIOS; do
       p)
         if [ "$hvm" = no ]; then
           result[p]="INFO"
-          pvh_why="Xen reports no hvm in virt_caps under QEMU -cpu ${E2E_CPU:-qemu64}: no PVH domain can start"
+          pvh_why="Xen reports no hvm in virt_caps under QEMU -cpu ${E2E_CPU:-qemu64,+svm,+npt}: no PVH domain can start"
           continue
         fi
         booted p 2 pvh
