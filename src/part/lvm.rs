@@ -1,6 +1,8 @@
 //! LVM2 physical volumes: the label, the metadata area and the volume
 //! group's text metadata, mapped to one [`Candidate`] per linear logical
-//! volume. Guest data, read only through [`BlockSource`], capped.
+//! volume. Guest data, read only through [`BlockSource`], capped; runs in
+//! the confined parse child (and on bytes in tests and fuzzing), never
+//! in the privileged parent, and never asks the host's LVM anything.
 //!
 //! On disk (all integers little-endian; "crc" is LVM's CRC-32: reflected
 //! polynomial 0xEDB88320, seed 0xF597A6CF, no final inversion):
@@ -785,7 +787,9 @@ pub fn expand(src: &dyn BlockSource, places: Vec<Candidate>, whole_disk: bool) -
     }
     let mut out = Vec::new();
     for (i, (p, lvs)) in places.into_iter().zip(lvs_at).enumerate() {
-        let pv = is_pv.get(i).copied().unwrap_or(false);
+        // A stale label in front of a filesystem made later (mke2fs
+        // leaves the first KiB alone): the filesystem is still tried.
+        let pv = is_pv.get(i).copied().unwrap_or(false) && !super::has_ext_magic(src, p.offset);
         let keep = !pv && (i != 0 || !whole_disk);
         if keep {
             out.push(p);
@@ -1032,6 +1036,18 @@ mod tests {
             },
             "does not describe its own area",
         );
+    }
+
+    #[test]
+    fn stale_label_before_ext4_keeps_the_filesystem() {
+        let mut img = lvm_image(b"garbage", 256 * 1024);
+        // mke2fs over an old PV: the label survives, the metadata does not.
+        img[1080] = 0x53;
+        img[1081] = 0xEF;
+        let s = scan(&img, None).unwrap();
+        assert_eq!(s.candidates.len(), 1);
+        assert_eq!(s.candidates[0].source, Source::Bare);
+        assert_eq!(s.unusable.len(), 1, "{:?}", s.unusable);
     }
 
     #[test]
