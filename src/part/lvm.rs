@@ -721,13 +721,18 @@ pub fn expand(src: &dyn BlockSource, places: Vec<Candidate>, whole_disk: bool) -
                 *flag = true;
             }
         }
+        // The first PV of each name (the metadata may list many).
+        let mut pv_named: HashMap<&str, &PvDesc> = HashMap::new();
+        for d in &vg.pvs {
+            pv_named.entry(d.name.as_str()).or_insert(d);
+        }
         for lv in &vg.lvs {
             let on = lv
                 .segments
                 .as_ref()
                 .ok()
                 .and_then(|s| s.first())
-                .and_then(|s| vg.pvs.iter().find(|d| d.name == s.pv))
+                .and_then(|s| pv_named.get(s.pv.as_str()))
                 .and_then(|d| by_uuid.get(d.uuid.as_str()))
                 .and_then(|&k| found.get(k))
                 .and_then(|pv| places.get(pv.place))
@@ -758,7 +763,7 @@ pub fn expand(src: &dyn BlockSource, places: Vec<Candidate>, whole_disk: bool) -
                 });
                 break;
             }
-            match map_lv(vg, lv, &found, &places, &by_uuid) {
+            match map_lv(vg, lv, &pv_named, &found, &places, &by_uuid) {
                 Ok(ranges) => {
                     let offset = ranges.first().map_or(0, |r| r.0);
                     let len = ranges.iter().fold(0u64, |a, r| a.saturating_add(r.1));
@@ -803,6 +808,7 @@ pub fn expand(src: &dyn BlockSource, places: Vec<Candidate>, whole_disk: bool) -
 fn map_lv(
     vg: &Vg,
     lv: &Lv,
+    pv_named: &HashMap<&str, &PvDesc>,
     found: &[FoundPv],
     places: &[Candidate],
     by_uuid: &HashMap<&str, usize>,
@@ -810,10 +816,8 @@ fn map_lv(
     let segs = lv.segments.as_ref().map_err(Clone::clone)?;
     let mut out = Vec::new();
     for (n, s) in (1usize..).zip(segs) {
-        let desc = vg
-            .pvs
-            .iter()
-            .find(|d| d.name == s.pv)
+        let desc = pv_named
+            .get(s.pv.as_str())
             .ok_or_else(|| meta(format!("segment {n} names an unknown physical volume")))?;
         let place = by_uuid
             .get(desc.uuid.as_str())
