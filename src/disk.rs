@@ -188,6 +188,20 @@ impl Window {
     /// bytes `[start, start + len)`, in order; an error if that range is
     /// not all within the window.
     pub fn disk_ranges(&self, start: u64, len: u64, mut each: impl FnMut(u64, u64)) -> io::Result<()> {
+        self.try_disk_ranges(start, len, |disk, n| {
+            each(disk, n);
+            Ok(())
+        })
+    }
+
+    /// [`Window::disk_ranges`] with a fallible `each` (stops at its first
+    /// error).
+    fn try_disk_ranges(
+        &self,
+        start: u64,
+        len: u64,
+        mut each: impl FnMut(u64, u64) -> io::Result<()>,
+    ) -> io::Result<()> {
         let end = start.checked_add(len).filter(|e| *e <= self.len).ok_or_else(outside)?;
         let mut pos = start;
         // The first piece that ends after `pos`.
@@ -201,7 +215,7 @@ impl Window {
                 .ok_or_else(outside)?
                 .min(end.saturating_sub(pos));
             // In range: disk + within < disk + len <= src.len().
-            each(p.disk.saturating_add(within), n);
+            each(p.disk.saturating_add(within), n)?;
             pos = pos.saturating_add(n);
             i = i.saturating_add(1);
         }
@@ -216,17 +230,16 @@ impl Window {
             let _ = start.checked_add(n).filter(|e| *e <= self.len).ok_or_else(outside)?;
             return self.src.read_exact_at(p.disk.saturating_add(start), buf);
         }
-        let mut ranges: Vec<(u64, usize)> = Vec::new();
-        self.disk_ranges(start, n, |disk, len| {
-            ranges.push((disk, usize::try_from(len).unwrap_or(usize::MAX)));
-        })?;
         let mut rest = buf;
-        for (disk, len) in ranges {
-            let (now, later) = rest.split_at_mut_checked(len).ok_or_else(outside)?;
+        self.try_disk_ranges(start, n, |disk, len| {
+            let len = usize::try_from(len).map_err(|_| outside())?;
+            let (now, later) = std::mem::take(&mut rest)
+                .split_at_mut_checked(len)
+                .ok_or_else(outside)?;
             self.src.read_exact_at(disk, now)?;
             rest = later;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 

@@ -1,6 +1,8 @@
 //! LVM2 physical volumes: the label, the metadata area and the volume
 //! group's text metadata, mapped to one [`Candidate`] per linear logical
-//! volume. Guest data, read only through [`BlockSource`], capped.
+//! volume. Guest data, read only through [`BlockSource`], capped; runs in
+//! the confined parse child (and on bytes in tests and fuzzing), never
+//! in the privileged parent, and never asks the host's LVM anything.
 //!
 //! On disk (all integers little-endian; "crc" is LVM's CRC-32: reflected
 //! polynomial 0xEDB88320, seed 0xF597A6CF, no final inversion):
@@ -719,13 +721,18 @@ pub fn expand(src: &dyn BlockSource, places: Vec<Candidate>, whole_disk: bool) -
                 *flag = true;
             }
         }
+        // The first PV of each name (the metadata may list many).
+        let mut pv_named: HashMap<&str, &PvDesc> = HashMap::new();
+        for d in &vg.pvs {
+            pv_named.entry(d.name.as_str()).or_insert(d);
+        }
         for lv in &vg.lvs {
             let on = lv
                 .segments
                 .as_ref()
                 .ok()
                 .and_then(|s| s.first())
-                .and_then(|s| vg.pvs.iter().find(|d| d.name == s.pv))
+                .and_then(|s| pv_named.get(s.pv.as_str()))
                 .and_then(|d| by_uuid.get(d.uuid.as_str()))
                 .and_then(|&k| found.get(k))
                 .and_then(|pv| places.get(pv.place))
@@ -756,7 +763,7 @@ pub fn expand(src: &dyn BlockSource, places: Vec<Candidate>, whole_disk: bool) -
                 });
                 break;
             }
-            match map_lv(vg, lv, &found, &places, &by_uuid) {
+            match map_lv(vg, lv, &pv_named, &found, &places, &by_uuid) {
                 Ok(ranges) => {
                     let offset = ranges.first().map_or(0, |r| r.0);
                     let len = ranges.iter().fold(0u64, |a, r| a.saturating_add(r.1));
@@ -785,7 +792,9 @@ pub fn expand(src: &dyn BlockSource, places: Vec<Candidate>, whole_disk: bool) -
     }
     let mut out = Vec::new();
     for (i, (p, lvs)) in places.into_iter().zip(lvs_at).enumerate() {
-        let pv = is_pv.get(i).copied().unwrap_or(false);
+        // A stale label in front of a filesystem made later (mke2fs
+        // leaves the first KiB alone): the filesystem is still tried.
+        let pv = is_pv.get(i).copied().unwrap_or(false) && !super::has_ext_magic(src, p.offset);
         let keep = !pv && (i != 0 || !whole_disk);
         if keep {
             out.push(p);
@@ -799,6 +808,7 @@ pub fn expand(src: &dyn BlockSource, places: Vec<Candidate>, whole_disk: bool) -
 fn map_lv(
     vg: &Vg,
     lv: &Lv,
+    pv_named: &HashMap<&str, &PvDesc>,
     found: &[FoundPv],
     places: &[Candidate],
     by_uuid: &HashMap<&str, usize>,
@@ -806,10 +816,8 @@ fn map_lv(
     let segs = lv.segments.as_ref().map_err(Clone::clone)?;
     let mut out = Vec::new();
     for (n, s) in (1usize..).zip(segs) {
-        let desc = vg
-            .pvs
-            .iter()
-            .find(|d| d.name == s.pv)
+        let desc = pv_named
+            .get(s.pv.as_str())
             .ok_or_else(|| meta(format!("segment {n} names an unknown physical volume")))?;
         let place = by_uuid
             .get(desc.uuid.as_str())
@@ -1032,6 +1040,18 @@ mod tests {
             },
             "does not describe its own area",
         );
+    }
+
+    #[test]
+    fn stale_label_before_ext4_keeps_the_filesystem() {
+        let mut img = lvm_image(b"garbage", 256 * 1024);
+        // mke2fs over an old PV: the label survives, the metadata does not.
+        img[1080] = 0x53;
+        img[1081] = 0xEF;
+        let s = scan(&img, None).unwrap();
+        assert_eq!(s.candidates.len(), 1);
+        assert_eq!(s.candidates[0].source, Source::Bare);
+        assert_eq!(s.unusable.len(), 1, "{:?}", s.unusable);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The LVM2 text metadata grammar, parsed with nom. Guest data.
+//! The LVM2 text metadata grammar, parsed with nom. Guest data, parsed in
+//! the confined parse child.
 //!
 //! A volume group's metadata is a config-style text: `name { … }`
 //! sections, `key = value` settings, values that are integers, quoted
