@@ -752,18 +752,8 @@ fn for_each_dir_entry<'a>(
     Ok(())
 }
 
-/// What kind of file an inode is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// Regular file.
-    File,
-    /// Directory.
-    Dir,
-    /// Symbolic link.
-    Symlink,
-    /// Anything else.
-    Special,
-}
+/// What kind of file an inode is: the filesystem layer's own kind.
+pub use crate::fs::Kind;
 
 /// An inode's metadata.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1093,18 +1083,9 @@ fn fs_err(path: &[u8], e: BtrfsError) -> FsError {
     }
 }
 
-fn fs_kind(k: Kind) -> FsKind {
-    match k {
-        Kind::File => FsKind::File,
-        Kind::Dir => FsKind::Dir,
-        Kind::Symlink => FsKind::Symlink,
-        Kind::Special => FsKind::Special,
-    }
-}
-
 fn meta_of(s: Stat) -> Meta {
     Meta {
-        kind: fs_kind(s.kind),
+        kind: s.kind,
         len: s.len,
         mtime: s.mtime,
         ino: Some(s.ino),
@@ -1160,7 +1141,7 @@ impl FileSystem for Subvol {
     fn read_dir(&self, path: &[u8], _meta: &Meta, with_meta: bool, each: &mut EachEntry<'_>) -> Result<(), FsError> {
         let conv = |e| fs_err(path, e);
         Subvol::read_dir(self, path, with_meta, &conv, &mut |name, kind, st| {
-            each(name, fs_kind(kind), st.map(meta_of))
+            each(name, kind, st.map(meta_of))
         })
     }
 }
