@@ -248,6 +248,20 @@ pub fn boot(a: &BootArgs) -> Result<(), Error> {
     // Why this entry, when dom0 decided (else the child says, in the plan).
     let mut why = None;
     let selection = match (&a.kernel, &a.entry) {
+        (None, e) if a.profile.is_some() => {
+            let profile = a.profile.clone().unwrap_or_default();
+            why = e.as_ref().map(|e| {
+                format!(
+                    "--profile={} --entry={}",
+                    EscapedBare(profile.as_bytes()),
+                    EscapedBare(e.as_bytes())
+                )
+            });
+            Selection::ProfileEntry {
+                profile,
+                entry: e.clone(),
+            }
+        }
         (Some(k), _) => {
             why = Some("--kernel: the guest files named by the domain config".to_owned());
             Selection::Paths {
@@ -446,12 +460,16 @@ pub fn menu_items(l: &Listing, args: Option<&str>) -> (Vec<menu::Item>, Vec<Sele
         .unwrap_or(usize::MAX)
         .max(1);
     let is_default_gen = |g: &Listed| match &l.default {
-        Some(d) => d.number == g.number,
-        None => g.current,
+        Some(d) => d.number == g.number && d.profile == g.profile,
+        None => g.current && g.profile.is_none(),
     };
-    let mut shown = 0usize;
+    // The guest's limit applies to each profile's generations.
+    let (mut shown, mut shown_profile) = (0usize, None::<&Option<String>>);
     for g in &l.generations {
         let Some(gen_) = &g.generation else { continue };
+        if shown_profile != Some(&g.profile) {
+            (shown, shown_profile) = (0, Some(&g.profile));
+        }
         if shown >= limit && !is_default_gen(g) {
             continue;
         }
@@ -462,8 +480,8 @@ pub fn menu_items(l: &Listing, args: Option<&str>) -> (Vec<menu::Item>, Vec<Sele
             let problem = if is_spec { None } else { g.problem.clone() };
             let problem = problem.or_else(|| line.as_ref().err().map(|x| x.to_string()));
             let is_anchor = match &l.default {
-                Some(d) => d.number == g.number && d.specialisation == e.specialisation,
-                None => g.current && !is_spec,
+                Some(d) => d.number == g.number && d.profile == g.profile && d.specialisation == e.specialisation,
+                None => g.current && g.profile.is_none() && !is_spec,
             };
             if is_anchor {
                 anchor_at = Some(items.len());
@@ -471,10 +489,18 @@ pub fn menu_items(l: &Listing, args: Option<&str>) -> (Vec<menu::Item>, Vec<Sele
             if default.is_none() && anchor_at.is_some() && (is_anchor || !is_spec) && problem.is_none() {
                 default = Some(items.len());
             }
-            selections.push(match (g.number, &e.specialisation) {
-                (Some(n), Some(s)) => Selection::Entry(format!("{n}/{s}")),
-                (Some(n), None) => Selection::Entry(n.to_string()),
-                (None, _) => Selection::Default,
+            let entry = match (g.number, &e.specialisation) {
+                (Some(n), Some(s)) => Some(format!("{n}/{s}")),
+                (Some(n), None) => Some(n.to_string()),
+                (None, _) => None,
+            };
+            selections.push(match (&g.profile, entry) {
+                (Some(p), entry) => Selection::ProfileEntry {
+                    profile: p.clone(),
+                    entry,
+                },
+                (None, Some(entry)) => Selection::Entry(entry),
+                (None, None) => Selection::Default,
             });
             items.push(menu::Item {
                 label: label(e, g.mtime),
@@ -524,6 +550,7 @@ mod tests {
             nixos_version: "25.05".into(),
             origin: Origin::Bootspec,
             initrd_secrets: None,
+            profile: None,
         }
     }
 
@@ -539,11 +566,13 @@ mod tests {
                         mtime: Some(0),
                         entry: entry(n, None),
                         specialisations: vec![entry(n, Some("s"))],
+                        profile: None,
                     }),
                     number: Some(n),
                     current: n == 5,
                     mtime: Some(0),
                     problem: broken.contains(&n).then(|| "not a Xen PV kernel".into()),
+                    profile: None,
                 })
                 .collect(),
             default: None,
@@ -564,11 +593,13 @@ mod tests {
         let mut l = listing(&[]);
         assert_eq!(picked(&l), (10, Selection::Entry("5".into())));
         l.default = Some(EntryRef {
+            profile: None,
             number: Some(3),
             specialisation: Some("s".into()),
         });
         assert_eq!(picked(&l), (10, Selection::Entry("3/s".into())));
         l.default = Some(EntryRef {
+            profile: None,
             number: Some(4),
             specialisation: None,
         });
@@ -577,6 +608,7 @@ mod tests {
         // without the menu does.
         let mut l = listing(&[4, 3]);
         l.default = Some(EntryRef {
+            profile: None,
             number: Some(4),
             specialisation: None,
         });
@@ -589,6 +621,7 @@ mod tests {
         l.guest_limit = Some(2);
         assert_eq!(picked(&l), (4, Selection::Entry("5".into())));
         l.default = Some(EntryRef {
+            profile: None,
             number: Some(1),
             specialisation: None,
         });

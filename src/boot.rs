@@ -19,7 +19,7 @@ use crate::guestfs::{FsError, GuestFile, GuestFs};
 use crate::ipc::{self, EntryRef, Listed, Listing, Plan, Tag};
 use crate::kernel;
 use crate::nixos::installed::{self, GuestTimeout, INSTALLED_FILE, Installed};
-use crate::nixos::{self, BootEntry, NixosError, SYSTEM_PROFILE, select};
+use crate::nixos::{self, BootEntry, NixosError, SYSTEM_PROFILE, profile_title, select};
 use crate::part::{self, Candidate};
 
 /// What to boot.
@@ -29,6 +29,14 @@ pub enum Selection {
     Default,
     /// `--entry=…`.
     Entry(String),
+    /// `--profile=NAME [--entry=…]`: an entry of a `nixos-rebuild -p`
+    /// profile, or (`entry: None`) its current generation.
+    ProfileEntry {
+        /// The profile's name (`system`: the system profile).
+        profile: String,
+        /// The `--entry` value, if any.
+        entry: Option<String>,
+    },
     /// `--kernel=P [--ramdisk=P]`: exactly these guest files, with `--args`.
     Paths {
         /// Guest path of the kernel.
@@ -232,6 +240,7 @@ impl DefaultPick {
     /// The entry by name.
     pub fn entry_ref(&self) -> EntryRef {
         EntryRef {
+            profile: self.generation.profile.clone(),
             number: self.generation.number,
             specialisation: self.entry.specialisation.clone(),
         }
@@ -304,7 +313,7 @@ pub fn pick_default(fs: &GuestFs, installed: Option<&Installed>, loud: bool) -> 
         Ok(Some(f)) => f,
         Ok(None) => {
             say(format!(
-                "{INSTALLED_FILE} names {named}, which is neither a generation of the system profile nor a specialisation of one; following the profile"
+                "{INSTALLED_FILE} names {named}, which is neither a generation of a profile nor a specialisation of one; following the system profile"
             ));
             return Ok(profile(g, profile_reason));
         }
@@ -315,17 +324,20 @@ pub fn pick_default(fs: &GuestFs, installed: Option<&Installed>, loud: bool) -> 
             return Ok(profile(g, profile_reason));
         }
     };
-    let generation = match found.number {
-        Some(n) if Some(n) != g.number => match nixos::load_generation(fs, &nixos::link_path(n), Some(n)) {
+    let generation = if found.profile.is_none() && (found.number.is_none() || found.number == g.number) {
+        g.clone()
+    } else {
+        match nixos::load_generation_in(fs, found.profile.as_deref(), found.number) {
             Ok(other) => other,
             Err(e) => {
                 say(format!(
-                    "{INSTALLED_FILE} names generation {n}, which does not load ({e}); following the profile"
+                    "{INSTALLED_FILE} names generation {} of {}, which does not load ({e}); following the system profile",
+                    found.number.map_or_else(|| "current".to_owned(), |n| n.to_string()),
+                    escape(profile_title(found.profile.as_deref()).as_bytes())
                 ));
                 return Ok(profile(g, profile_reason));
             }
-        },
-        _ => g.clone(),
+        }
     };
     let entry = match &found.specialisation {
         None => Some(generation.entry.clone()),
@@ -350,23 +362,55 @@ pub fn pick_default(fs: &GuestFs, installed: Option<&Installed>, loud: bool) -> 
     }
 }
 
-/// The default entry, or, if it is not bootable, the newest older
-/// bootable generation (said loudly on the console). Also returns why.
-fn default_or_fallback(fs: &GuestFs, req: &Request) -> Result<(BootEntry, Option<i64>, Checked, String), Error> {
-    let installed = read_installed(fs, true);
-    let pick = pick_default(fs, installed.as_ref(), true)?;
+/// `--profile=NAME` without `--entry`: that profile's current generation.
+fn pick_profile(fs: &GuestFs, name: &str) -> Result<DefaultPick, Error> {
+    let g = select::default_generation_in(fs, Some(name))?;
+    let path = nixos::profile_path(Some(name));
+    let reason = match g.number {
+        Some(n) => format!("--profile={name}: the profile's current generation ({path} -> {name}-{n}-link)"),
+        None => format!("--profile={name}: the profile ({path})"),
+    };
+    Ok(DefaultPick {
+        entry: g.entry.clone(),
+        generation: g,
+        reason: escape(reason.as_bytes()),
+    })
+}
+
+/// `--profile` as a profile: `system` is the system profile.
+fn named_profile(name: &str) -> Option<&str> {
+    (name != "system").then_some(name)
+}
+
+/// The default entry (or, with `profile`, that profile's current
+/// generation), or, if it is not bootable, the newest older bootable
+/// generation of the same profile (said loudly on the console). Also
+/// returns why.
+fn default_or_fallback(
+    fs: &GuestFs,
+    req: &Request,
+    profile: Option<&str>,
+) -> Result<(BootEntry, Option<i64>, Checked, String), Error> {
+    let pick = match profile {
+        Some(name) => pick_profile(fs, name)?,
+        None => {
+            let installed = read_installed(fs, true);
+            pick_default(fs, installed.as_ref(), true)?
+        }
+    };
     let g = &pick.generation;
+    let in_profile = g.profile.as_deref();
     let first_problem = match bootable(fs, &pick.entry.kernel, pick.entry.initrd.as_deref(), req) {
         Ok(c) => return Ok((pick.entry, g.mtime, c, pick.reason)),
         Err(p) => p,
     };
     let name = select::label(&pick.entry, g.mtime);
     log::warn!("*** the default entry {name} is not bootable: {first_problem}");
-    let profile = nixos::read_profile(fs)?;
+    let profile = nixos::read_profile_in(fs, in_profile)?;
     let older = profile.links.iter().filter(|l| g.number.is_none_or(|n| l.number < n));
     let mut problems = vec![format!("{name}: {first_problem}")];
     for link in older {
-        let cand = match nixos::load_generation(fs, &nixos::link_path(link.number), Some(link.number)) {
+        let cand = match nixos::load_generation_in(fs, in_profile, Some(link.number)) {
             Ok(c) => c,
             Err(e) => {
                 problems.push(format!("generation {}: {e}", link.number));
@@ -412,16 +456,33 @@ pub fn plan(fs: &GuestFs, found_in: &Candidate, req: &Request) -> Result<Plan, E
             let c = bootable(fs, kernel, ramdisk.as_deref(), req).map_err(|w| not_bootable(&label, w))?;
             (label, kernel.clone(), ramdisk.clone(), line, c, None, None)
         }
-        Selection::Entry(spec) => {
-            let (entry, mtime) = select::select(fs, &select::parse_entry(spec))?;
+        Selection::Entry(spec) | Selection::ProfileEntry { entry: Some(spec), .. } => {
+            let profile = match &req.selection {
+                Selection::ProfileEntry { profile, .. } => named_profile(profile),
+                _ => None,
+            };
+            let (entry, mtime) = match select::parse_entry(spec) {
+                // GRUB's "NixOS - Default": what a boot without --entry
+                // starts from (the installed default), never a fallback.
+                select::EntrySpec::Default if profile.is_none() => {
+                    let installed = read_installed(fs, true);
+                    let pick = pick_default(fs, installed.as_ref(), true)?;
+                    (pick.entry, pick.generation.mtime)
+                }
+                parsed => select::select(fs, profile, &parsed)?,
+            };
             secrets_warning(&entry);
             let line = cmdline::build(Some(&entry.init), &entry.kernel_params, req.args.as_deref())?;
             let label = select::label(&entry, mtime);
             let c = bootable(fs, &entry.kernel, entry.initrd.as_deref(), req).map_err(|w| not_bootable(&label, w))?;
             (label, entry.kernel, entry.initrd, line, c, Some(entry.toplevel), None)
         }
-        Selection::Default => {
-            let (entry, mtime, c, reason) = default_or_fallback(fs, req)?;
+        Selection::Default | Selection::ProfileEntry { entry: None, .. } => {
+            let profile = match &req.selection {
+                Selection::ProfileEntry { profile, .. } => named_profile(profile),
+                _ => None,
+            };
+            let (entry, mtime, c, reason) = default_or_fallback(fs, req, profile)?;
             secrets_warning(&entry);
             let line = cmdline::build(Some(&entry.init), &entry.kernel_params, req.args.as_deref())?;
             let label = select::label(&entry, mtime);
@@ -507,16 +568,19 @@ fn send_file(fs: &GuestFs, path: &str, cap: u64, len: u64, tag: Tag, out: &mut d
     Ok(())
 }
 
-/// List every generation of the profile, each with its bootable check
+/// List every generation of every profile (the system profile, then the
+/// `nixos-rebuild -p` profiles by name), each with its bootable check
 /// (kernel checks are shared between generations with the same files).
+/// At most [`MAX_GENERATIONS`](crate::limits::MAX_GENERATIONS) in all.
 pub fn list(fs: &GuestFs, req: &Request) -> Result<Listing, Error> {
-    let profile = nixos::read_profile(fs)?;
-    let current = match &profile.current {
-        nixos::Current::Generation(n) => Some(*n),
-        nixos::Current::Direct(_) => None,
-    };
+    use crate::limits::MAX_GENERATIONS;
+    let mut profiles = vec![nixos::read_profile(fs)?];
+    match nixos::read_named_profiles(fs) {
+        Ok(named) => profiles.extend(named),
+        Err(e) => log::warn!("cannot list the nixos-rebuild -p profiles: {e}"),
+    }
     let mut memo: std::collections::HashMap<(String, Option<String>), Option<String>> = Default::default();
-    let mut listed = |loaded: Result<nixos::Generation, NixosError>, number, mtime, current| {
+    let mut listed = |loaded: Result<nixos::Generation, NixosError>, profile: Option<&str>, number, mtime, current| {
         let (generation, problem) = match loaded {
             Ok(g) => {
                 let key = (g.entry.kernel.clone(), g.entry.initrd.clone());
@@ -534,25 +598,39 @@ pub fn list(fs: &GuestFs, req: &Request) -> Result<Listing, Error> {
             current,
             mtime,
             problem,
+            profile: profile.map(str::to_owned),
         }
     };
-    let mut generations = Vec::with_capacity(profile.links.len().saturating_add(1));
-    if current.is_none() {
-        generations.push(listed(
-            nixos::load_generation(fs, SYSTEM_PROFILE, None),
-            None,
-            None,
-            true,
-        ));
+    let total: usize = profiles.iter().map(|p| p.links.len().saturating_add(1)).sum();
+    if total > MAX_GENERATIONS {
+        log::warn!("{total} generations in all profiles; only the first {MAX_GENERATIONS} are listed");
     }
-    for link in &profile.links {
-        let loaded = nixos::load_generation(fs, &nixos::link_path(link.number), Some(link.number));
-        generations.push(listed(
-            loaded,
-            Some(link.number),
-            Some(link.mtime),
-            current == Some(link.number),
-        ));
+    let mut generations = Vec::with_capacity(total.min(MAX_GENERATIONS));
+    for profile in &profiles {
+        let name = profile.name.as_deref();
+        let current = profile.current.number();
+        if current.is_none() && generations.len() < MAX_GENERATIONS {
+            generations.push(listed(
+                nixos::load_generation_in(fs, name, None),
+                name,
+                None,
+                None,
+                true,
+            ));
+        }
+        for link in &profile.links {
+            if generations.len() >= MAX_GENERATIONS {
+                break;
+            }
+            let loaded = nixos::load_generation_in(fs, name, Some(link.number));
+            generations.push(listed(
+                loaded,
+                name,
+                Some(link.number),
+                Some(link.mtime),
+                current == Some(link.number),
+            ));
+        }
     }
     let installed = read_installed(fs, false);
     let pick = pick_default(fs, installed.as_ref(), false)

@@ -187,6 +187,18 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok(v)
 }
 
+/// A `--profile` name: `system` or a name nixboot reads from
+/// system-profiles.
+fn parse_profile(s: &str) -> Result<String, String> {
+    if s == "system" || crate::nixos::valid_profile_name(s.as_bytes()) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a profile name (letters, digits, _ . + -; as nixos-rebuild -p NAME)"
+        ))
+    }
+}
+
 /// The boot options: pygrub's, plus nixboot's own.
 #[derive(Debug, Args)]
 pub struct BootArgs {
@@ -204,6 +216,11 @@ pub struct BootArgs {
     /// (specialisation of the default generation), or an exact menu title.
     #[arg(long, value_name = "ENTRY")]
     pub entry: Option<String>,
+    /// Boot from this `nixos-rebuild -p NAME` profile
+    /// (/nix/var/nix/profiles/system-profiles/NAME): its current
+    /// generation, or --entry inside it. `system` is the system profile.
+    #[arg(long, value_name = "NAME", value_parser = parse_profile)]
+    pub profile: Option<String>,
     /// Restricted mode: parse the disk as this uid (what libxl passes when
     /// LIBXL_BOOTLOADER_RESTRICT is set).
     #[arg(long, value_name = "UID")]
@@ -223,7 +240,8 @@ pub struct BootArgs {
     /// Seconds the console menu counts down before booting the default
     /// (0: no menu). Default: the guest's boot.loader.timeout recorded in
     /// /nix/var/nix/nixboot.json (at most 60), else 5. The menu appears
-    /// only on a terminal, without -q, --runas, --entry or --kernel.
+    /// only on a terminal, without -q, --runas, --entry, --profile or
+    /// --kernel.
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<u64>,
     /// Resolve and print what would boot; copy nothing, write no result.

@@ -150,6 +150,9 @@ pub struct Plan {
 /// A generation or one of its specialisations, by name.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryRef {
+    /// The `nixos-rebuild -p` profile (`None`: the system profile).
+    #[serde(default)]
+    pub profile: Option<String>,
     /// The generation number (`None`: the profile points at a store path).
     pub number: Option<u64>,
     /// The specialisation.
@@ -193,6 +196,9 @@ pub struct Listed {
     pub mtime: Option<i64>,
     /// Why it cannot be booted, if it cannot.
     pub problem: Option<String>,
+    /// The `nixos-rebuild -p` profile (`None`: the system profile).
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
 /// A failure in the child.

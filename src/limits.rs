@@ -48,6 +48,12 @@ pub const MAX_DIR_ENTRIES: u32 = 100_000;
 /// GRUB keeps 100 by default; this only guards memory and time.
 pub const MAX_GENERATIONS: usize = 10_000;
 
+/// Named profiles (`nixos-rebuild -p NAME`, in
+/// `/nix/var/nix/profiles/system-profiles`) read; the first ones by name
+/// win. Each is listed, and its link read, when nixboot lists or searches
+/// every profile.
+pub const MAX_PROFILES: usize = 256;
+
 /// Specialisations kept per generation.
 pub const MAX_SPECIALISATIONS: usize = 256;
 

@@ -18,6 +18,7 @@ pub fn json(l: &Listing) -> String {
         .map(|g| {
             let e = g.generation.as_ref().map(|g| &g.entry);
             json!({
+                "profile": g.profile.as_deref().unwrap_or("system"),
                 "generation": g.number,
                 "current": g.current,
                 "built": g.mtime.and_then(rfc3339),
@@ -35,6 +36,7 @@ pub fn json(l: &Listing) -> String {
         .collect();
     let default = l.default.as_ref().map(|d| {
         json!({
+            "profile": d.profile.as_deref().unwrap_or("system"),
             "generation": d.number,
             "specialisation": d.specialisation,
             "reason": l.default_reason,
@@ -45,10 +47,20 @@ pub fn json(l: &Listing) -> String {
     s
 }
 
-/// The table: one line per generation and specialisation.
+/// The table: one line per generation and specialisation; the
+/// generations of each `nixos-rebuild -p` profile follow the system
+/// profile's under a heading.
 pub fn table(l: &Listing) -> String {
     let mut s = String::new();
+    let mut profile = None;
     for g in &l.generations {
+        if let Some(p) = &g.profile
+            && profile != Some(p)
+        {
+            profile = Some(p);
+            let p = Escaped(p.as_bytes());
+            s.push_str(&format!("profile '{p}' (--profile={p}):\n"));
+        }
         let mark = if g.current { "*" } else { " " };
         let n = g.number.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
         match &g.generation {

@@ -28,7 +28,7 @@
 
 use serde::{Deserialize, Deserializer};
 
-use super::{Current, NixosError, SYSTEM_PROFILE, link_path, read_profile};
+use super::{NixosError, Profile, link_path_in, profile_path, read_named_profiles, read_profile};
 use crate::error::escape;
 use crate::guestfs::{FsError, GuestFs};
 use crate::limits::{MAX_INSTALLED_FILE, MAX_PATH_LEN, MAX_SPECIALISATIONS};
@@ -144,21 +144,25 @@ pub fn read(fs: &GuestFs) -> Result<Option<Installed>, ReadError> {
     Ok(Some(parse(&bytes)?))
 }
 
-/// Where in the profile a toplevel was found.
+/// Where in the profiles a toplevel was found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Found {
+    /// The `nixos-rebuild -p` profile (`None`: the system profile).
+    pub profile: Option<String>,
     /// The generation (`None`: the profile points straight at a store path).
     pub number: Option<u64>,
     /// The specialisation of that generation, if it is one.
     pub specialisation: Option<String>,
 }
 
-/// Find `toplevel` among the profile's generations and their
+/// Find `toplevel` among the generations of every profile and their
 /// specialisations (`<generation>/specialisation/<name>`), comparing
-/// resolved guest paths; the current generation first, then newest first.
-/// A generation whose links do not resolve is skipped, and each toplevel
-/// is looked at once (at most [`crate::limits::MAX_GENERATIONS`]
-/// generations, [`MAX_SPECIALISATIONS`] specialisations each).
+/// resolved guest paths: the system profile first, then the named
+/// profiles by name; in each the current generation first, then newest
+/// first. A generation whose links do not resolve is skipped, and each
+/// toplevel is looked at once (at most [`crate::limits::MAX_GENERATIONS`]
+/// generations per profile, [`crate::limits::MAX_PROFILES`] profiles,
+/// [`MAX_SPECIALISATIONS`] specialisations each).
 pub fn locate(fs: &GuestFs, toplevel: &str) -> Result<Option<Found>, NixosError> {
     let want = match fs.resolve(toplevel.as_bytes(), true) {
         Ok(p) => p,
@@ -170,25 +174,46 @@ pub fn locate(fs: &GuestFs, toplevel: &str) -> Result<Option<Found>, NixosError>
             });
         }
     };
-    let profile = read_profile(fs)?;
+    let mut profiles = vec![read_profile(fs)?];
+    match read_named_profiles(fs) {
+        Ok(named) => profiles.extend(named),
+        Err(e) => log::debug!("named profiles: {e}"),
+    }
+    // Generations that share a toplevel are looked at once.
+    let mut seen = std::collections::HashSet::new();
+    for profile in &profiles {
+        if let Some(found) = locate_in(fs, profile, &want, &mut seen) {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
+fn locate_in(
+    fs: &GuestFs,
+    profile: &Profile,
+    want: &[u8],
+    seen: &mut std::collections::HashSet<Vec<u8>>,
+) -> Option<Found> {
+    let name = profile.name.as_deref();
+    let current = profile.current.number();
     let mut candidates: Vec<(String, Option<u64>)> = Vec::with_capacity(profile.links.len().saturating_add(1));
-    let current = match profile.current {
-        Current::Generation(n) => Some(n),
-        Current::Direct(_) => None,
-    };
     candidates.push(match current {
-        Some(n) => (link_path(n), Some(n)),
-        None => (SYSTEM_PROFILE.to_owned(), None),
+        Some(n) => (link_path_in(name, n), Some(n)),
+        None => (profile_path(name), None),
     });
     candidates.extend(
         profile
             .links
             .iter()
             .filter(|l| Some(l.number) != current)
-            .map(|l| (link_path(l.number), Some(l.number))),
+            .map(|l| (link_path_in(name, l.number), Some(l.number))),
     );
-    // Generations that share a toplevel are looked at once.
-    let mut seen = std::collections::HashSet::new();
+    let found = |number, specialisation| Found {
+        profile: name.map(str::to_owned),
+        number,
+        specialisation,
+    };
     for (link, number) in candidates {
         let Ok(top) = fs.resolve(link.as_bytes(), true) else {
             continue;
@@ -197,10 +222,7 @@ pub fn locate(fs: &GuestFs, toplevel: &str) -> Result<Option<Found>, NixosError>
             continue;
         }
         if top == want {
-            return Ok(Some(Found {
-                number,
-                specialisation: None,
-            }));
+            return Some(found(number, None));
         }
         let mut dir = top;
         dir.extend_from_slice(b"/specialisation");
@@ -208,21 +230,18 @@ pub fn locate(fs: &GuestFs, toplevel: &str) -> Result<Option<Found>, NixosError>
             continue;
         };
         for e in entries.into_iter().take(MAX_SPECIALISATIONS) {
-            let Ok(name) = String::from_utf8(e.name) else {
+            let Ok(spec) = String::from_utf8(e.name) else {
                 continue;
             };
             let mut p = dir.clone();
             p.push(b'/');
-            p.extend_from_slice(name.as_bytes());
+            p.extend_from_slice(spec.as_bytes());
             if fs.resolve(&p, true).is_ok_and(|t| t == want) {
-                return Ok(Some(Found {
-                    number,
-                    specialisation: Some(name),
-                }));
+                return Some(found(number, Some(spec)));
             }
         }
     }
-    Ok(None)
+    None
 }
 
 #[cfg(test)]
