@@ -333,7 +333,7 @@ pub fn pick_default(fs: &GuestFs, installed: Option<&Installed>, loud: bool) -> 
                 say(format!(
                     "{INSTALLED_FILE} names generation {} of {}, which does not load ({e}); following the system profile",
                     found.number.map_or_else(|| "current".to_owned(), |n| n.to_string()),
-                    escape(profile_title(found.profile.as_deref()).as_bytes())
+                    crate::error::EscapedBare(profile_title(found.profile.as_deref()).as_bytes())
                 ));
                 return Ok(profile(g, profile_reason));
             }
@@ -373,7 +373,7 @@ fn pick_profile(fs: &GuestFs, name: &str) -> Result<DefaultPick, Error> {
     Ok(DefaultPick {
         entry: g.entry.clone(),
         generation: g,
-        reason: escape(reason.as_bytes()),
+        reason,
     })
 }
 

@@ -191,7 +191,7 @@ fn bad_or_unknown_installed_default_falls_back_to_the_profile() {
     }
     let unknown = "nix/store/0000000000000000000000000000000a-nixos-system-gone";
     for (text, says) in [
-        (file(unknown, ""), "neither a generation of the system profile"),
+        (file(unknown, ""), "neither a generation of a profile"),
         (
             "{\"version\":1,".to_owned(),
             "ignoring /nix/var/nix/nixboot.json: invalid JSON",

@@ -178,8 +178,8 @@ pub fn current_in(fs: &GuestFs, profile: Option<&str>) -> Result<Current, NixosE
         Err(FsError::NotFound(_)) if profile.is_some() => {
             return Err(NixosError::UnknownProfile(format!(
                 "no profile {}: {} does not exist",
-                escape(link_base(profile).as_bytes()),
-                escape(path.as_bytes())
+                crate::error::EscapedBare(link_base(profile).as_bytes()),
+                crate::error::EscapedBare(path.as_bytes())
             )));
         }
         r => r.map_err(fs_err("NixOS system profile"))?,

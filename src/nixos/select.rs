@@ -41,8 +41,8 @@ pub enum EntrySpec {
 /// * `NixOS - Default`, or `NixOS` (newer versions, no specialisations):
 ///   the default entry;
 /// * `NixOS (NAME - DATE - VERSION)`: the default's specialisation NAME;
-/// * `NixOS - Configuration N (DATE - VERSION)`, `NixOS - Configuration N
-///   - Default (DATE - VERSION)`, the submenu `> NixOS - Configuration N
+/// * `NixOS - Configuration N (DATE - VERSION)`, the same with
+///   ` - Default` after N, or the submenu `> NixOS - Configuration N
 ///   (DATE - VERSION)`: generation N;
 /// * `NixOS - Configuration N (NAME - DATE - VERSION)`: its
 ///   specialisation NAME;
@@ -238,7 +238,7 @@ fn unknown_generation(fs: &GuestFs, profile: Option<&str>, n: u64) -> NixosError
         None => NixosError::UnknownEntry(format!("no generation {n}; generations on the disk: {have}")),
         Some(_) => NixosError::UnknownEntry(format!(
             "no generation {n} in {}; its generations: {have}",
-            escape(profile_title(profile).as_bytes())
+            crate::error::EscapedBare(profile_title(profile).as_bytes())
         )),
     }
 }
@@ -307,7 +307,7 @@ pub fn select(fs: &GuestFs, profile: Option<&str>, spec: &EntrySpec) -> Result<(
                 "no entry {}{}: use a generation number (e.g. --entry={}), N/specialisation, a specialisation of the default generation, or a menu title (nixboot's or GRUB's)",
                 escape(name.as_bytes()),
                 profile
-                    .map(|p| format!(" in profile '{}'", escape(p.as_bytes())))
+                    .map(|p| format!(" in profile '{}'", crate::error::EscapedBare(p.as_bytes())))
                     .unwrap_or_default(),
                 newest.unwrap_or(1)
             )))

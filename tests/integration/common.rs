@@ -257,6 +257,29 @@ pub fn toplevel_of(n: u64, spec: Option<&str>) -> String {
     )
 }
 
+/// Guest path of the toplevel of generation `n` (specialisation `spec`)
+/// of profile `profile` (`None`: the system profile).
+pub fn toplevel_in(profile: Option<&str>, n: u64, spec: Option<&str>) -> String {
+    match profile {
+        None => toplevel_of(n, spec),
+        Some(p) => {
+            let key = format!("profile/{p}/{}", spec.unwrap_or(""));
+            format!("/nix/store/{}-nixos-system-{p}-{}", store_hash(&key, n), version_of(n))
+        }
+    }
+}
+
+/// Where `nixos-rebuild -p NAME` keeps profile NAME and its links.
+pub const SYSTEM_PROFILES: &str = "/nix/var/nix/profiles/system-profiles";
+
+/// Guest path of generation `n`'s link in profile `profile`.
+pub fn link_in(profile: Option<&str>, n: u64) -> String {
+    match profile {
+        None => link_of(n),
+        Some(p) => format!("{SYSTEM_PROFILES}/{p}-{n}-link"),
+    }
+}
+
 /// Guest path of generation `n`'s kernel image.
 pub fn kernel_of(n: u64) -> String {
     format!("/nix/store/{}-linux-6.6.{n}/bzImage", store_hash("linux", n))
@@ -316,6 +339,8 @@ pub const BOOTSPEC_MARKER: &str = "nixboot.test.from=boot.json";
 /// What one boot entry (a generation or a specialisation) should boot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
+    /// The `nixos-rebuild -p` profile (`None`: the system profile).
+    pub profile: Option<String>,
     /// Generation number.
     pub n: u64,
     /// Specialisation name.
@@ -341,8 +366,13 @@ impl Entry {
 
     /// The menu title nixboot shows for this entry.
     pub fn title(&self) -> String {
+        let profile = self
+            .profile
+            .as_ref()
+            .map(|p| format!("Profile '{p}' - "))
+            .unwrap_or_default();
         let mut s = format!(
-            "NixOS - Configuration {} ({} - {})",
+            "NixOS - {profile}Configuration {} ({} - {})",
             self.n,
             date_of(self.n),
             version_of(self.n)
@@ -363,6 +393,7 @@ struct SpecDef {
 
 #[derive(Clone, Debug)]
 struct GenDef {
+    profile: Option<String>,
     n: u64,
     style: Style,
     initrd: bool,
@@ -381,6 +412,7 @@ type Hook = Box<dyn Fn(&Path)>;
 pub struct Tree {
     gens: Vec<GenDef>,
     current: Option<u64>,
+    profile_currents: Vec<(String, u64)>,
     files: Vec<(String, Vec<u8>)>,
     links: Vec<(String, String)>,
     hooks: Vec<Hook>,
@@ -427,6 +459,7 @@ impl Tree {
         Tree {
             gens: Vec::new(),
             current: None,
+            profile_currents: Vec::new(),
             files: Vec::new(),
             links: Vec::new(),
             hooks: Vec::new(),
@@ -441,6 +474,7 @@ impl Tree {
     pub fn generation(mut self, n: u64, style: Style) -> Tree {
         let ns = usize::try_from(n % 64).unwrap();
         self.gens.push(GenDef {
+            profile: None,
             n,
             style,
             initrd: true,
@@ -448,6 +482,23 @@ impl Tree {
             params: vec!["console=hvc0".into(), format!("gen={n}")],
             specs: Vec::new(),
         });
+        self
+    }
+
+    /// Add generation `n` of the `nixos-rebuild -p NAME` profile `profile`
+    /// (link `system-profiles/NAME-N-link`): like [`Tree::generation`], with
+    /// its own toplevel and the extra parameter `profile=NAME`.
+    pub fn profile_generation(mut self, profile: &str, n: u64, style: Style) -> Tree {
+        self = self.generation(n, style);
+        let g = self.last();
+        g.profile = Some(profile.to_owned());
+        g.params.push(format!("profile={profile}"));
+        self
+    }
+
+    /// `system-profiles/NAME -> NAME-N-link`.
+    pub fn profile_current(mut self, profile: &str, n: u64) -> Tree {
+        self.profile_currents.push((profile.to_owned(), n));
         self
     }
 
@@ -519,8 +570,9 @@ impl Tree {
         self
     }
 
-    /// Write the tree under `root`; returns what each entry should boot.
-    pub fn write(&self, root: &Path) -> BTreeMap<u64, Generation> {
+    /// Write the tree under `root`; what each generation of each profile
+    /// should boot, by (profile, number).
+    pub fn write_all(&self, root: &Path) -> BTreeMap<(Option<String>, u64), Generation> {
         let host = |g: &str| root.join(g.trim_start_matches('/'));
         for d in [PROFILES, "/etc", "/dev", "/nix/store"] {
             fs::create_dir_all(host(d)).unwrap();
@@ -533,6 +585,7 @@ impl Tree {
                 &host(&kernel),
                 &pv_kernel(g.kernel_size, u32::try_from(g.n % (1 << 20)).unwrap()),
             );
+            let prof = g.profile.as_deref();
             let mk_entry = |spec: Option<&SpecDef>| -> Entry {
                 let name = spec.map(|s| s.name.as_str());
                 let initrd = g.initrd.then(|| initrd_of(g.n, name));
@@ -549,9 +602,10 @@ impl Tree {
                     params.push(BOOTSPEC_MARKER.to_owned());
                 }
                 Entry {
+                    profile: g.profile.clone(),
                     n: g.n,
                     spec: name.map(str::to_owned),
-                    toplevel: toplevel_of(g.n, name),
+                    toplevel: toplevel_in(prof, g.n, name),
                     kernel: kernel.clone(),
                     initrd,
                     params,
@@ -573,15 +627,22 @@ impl Tree {
                 let doc = bootspec_json(&entry, &specs);
                 fs::write(host(&format!("{}/boot.json", entry.toplevel)), doc).unwrap();
             }
-            let link = host(&link_of(g.n));
+            let link = host(&link_in(prof, g.n));
+            fs::create_dir_all(link.parent().unwrap()).unwrap();
             symlink(&entry.toplevel, &link).unwrap();
             set_link_mtime(&link, mtime_of(g.n));
-            out.insert(g.n, Generation { entry, specs });
+            out.insert((g.profile.clone(), g.n), Generation { entry, specs });
         }
         if let Some(n) = self.current {
             let link = host(&format!("{PROFILES}/system"));
             symlink(format!("system-{n}-link"), &link).unwrap();
             set_link_mtime(&link, mtime_of(n));
+        }
+        for (p, n) in &self.profile_currents {
+            let link = host(&format!("{SYSTEM_PROFILES}/{p}"));
+            fs::create_dir_all(link.parent().unwrap()).unwrap();
+            symlink(format!("{p}-{n}-link"), &link).unwrap();
+            set_link_mtime(&link, mtime_of(*n));
         }
         for (p, bytes) in &self.files {
             write_file(&host(p), bytes);
@@ -614,7 +675,12 @@ impl Tree {
         let dir = tempdir("nixboot-it.");
         let tree = dir.path().join("tree");
         fs::create_dir(&tree).unwrap();
-        let gens = self.write(&tree);
+        let all = self.write_all(&tree);
+        let gens = all
+            .iter()
+            .filter(|((p, _), _)| p.is_none())
+            .map(|((_, n), g)| (*n, g.clone()))
+            .collect();
         let (bytes, entries) = tree_size(&tree);
         let fs_mib = (bytes * 5 / 4 / (1 << 20) + 6).max(8);
         let inodes = entries + 256 + self.inodes;
@@ -695,6 +761,7 @@ impl Tree {
             path,
             tree,
             gens,
+            all,
             fs_offset,
             layout,
             dir,
@@ -853,6 +920,8 @@ pub struct Image {
     pub tree: PathBuf,
     /// What each generation should boot.
     pub gens: BTreeMap<u64, Generation>,
+    /// What each generation of each profile should boot.
+    pub all: BTreeMap<(Option<String>, u64), Generation>,
     /// Byte offset of the ext4 filesystem on the disk.
     pub fs_offset: u64,
     /// The layout.
@@ -864,6 +933,16 @@ impl Image {
     /// Generation `n`'s own entry.
     pub fn entry(&self, n: u64) -> &Entry {
         &self.gens[&n].entry
+    }
+
+    /// Generation `n` of profile `profile`.
+    pub fn profile_entry(&self, profile: &str, n: u64) -> &Entry {
+        &self.all[&(Some(profile.to_owned()), n)].entry
+    }
+
+    /// Generation `n`'s specialisation `name` of profile `profile`.
+    pub fn profile_spec(&self, profile: &str, n: u64, name: &str) -> &Entry {
+        &self.all[&(Some(profile.to_owned()), n)].specs[name]
     }
 
     /// Generation `n`'s specialisation `name`.

@@ -6,6 +6,8 @@
 //!   reads, and the copied bytes.
 //! * `cli_compat`: argv forms, exit codes, output formats, usage errors.
 //! * `generations`: the bootable check, fallback, `list`, the console menu.
+//! * `profiles`: `nixos-rebuild -p` profiles (`--profile`, `list`, the
+//!   menu, an installed default in a profile) and GRUB titles for `--entry`.
 //! * `hostile`: crafted images under an address-space cap: a clear error
 //!   or a safe result, quickly, never a crash, the image unchanged.
 
@@ -16,4 +18,5 @@ mod cli_compat;
 mod common;
 mod generations;
 mod hostile;
+mod profiles;
 mod readers;
