@@ -293,6 +293,8 @@ pub fn boot(a: &BootArgs) -> Result<(), Error> {
         send_data: !a.not_really,
         known_pv: cache.known(),
         cmdline_override,
+        domain_type: a.domain_type,
+        unpack_kernel: a.unpack_kernel,
     };
     let confinement = Confinement {
         runas: a.runas,
@@ -348,7 +350,11 @@ pub fn boot(a: &BootArgs) -> Result<(), Error> {
         _ => {}
     }
     if plan.kernel_verified {
-        cache.remember(&plan.kernel_key);
+        for m in crate::kernel::XenMode::ALL {
+            if plan.xen_modes.contains(&m) {
+                cache.remember(&crate::boot::mode_key(&plan.kernel_key, m));
+            }
+        }
     }
     Ok(())
 }
@@ -371,7 +377,19 @@ fn log_plan(plan: &Plan, why: &Option<String>) {
     if let Some(t) = &plan.toplevel {
         log::info!("toplevel {}", e(t));
     }
-    log::info!("kernel {} ({} bytes)", e(&plan.kernel), plan.kernel_len);
+    let modes = crate::boot::modes_text(&plan.xen_modes);
+    match plan.unpacked_from {
+        Some(file_len) => log::info!(
+            "kernel {} ({file_len} bytes, unpacked: a {}-byte ELF goes to libxl; boots as Xen {modes})",
+            e(&plan.kernel),
+            plan.kernel_len
+        ),
+        None => log::info!(
+            "kernel {} ({} bytes; boots as Xen {modes})",
+            e(&plan.kernel),
+            plan.kernel_len
+        ),
+    }
     if let Some((p, len)) = &plan.initrd {
         log::info!("initrd {} ({len} bytes)", e(p));
     }
@@ -406,6 +424,8 @@ fn listing(disk: &Disk, offset: Option<u64>, known_pv: Vec<String>, verbosity: u
         send_data: false,
         known_pv,
         cmdline_override: None,
+        domain_type: None,
+        unpack_kernel: false,
     };
     let confinement = Confinement { runas: None, verbosity };
     let mut rx = ListFrames {
@@ -573,6 +593,7 @@ mod tests {
                     mtime: Some(0),
                     problem: broken.contains(&n).then(|| "not a Xen PV kernel".into()),
                     profile: None,
+                    xen_modes: Vec::new(),
                 })
                 .collect(),
             default: None,

@@ -17,7 +17,7 @@ use crate::disk::{BlockSource, Window};
 use crate::error::{Error, GuestError, escape};
 use crate::guestfs::{FsError, GuestFile, GuestFs};
 use crate::ipc::{self, EntryRef, Listed, Listing, Plan, Tag};
-use crate::kernel;
+use crate::kernel::{self, XenMode};
 use crate::nixos::installed::{self, GuestTimeout, INSTALLED_FILE, Installed};
 use crate::nixos::{self, BootEntry, NixosError, SYSTEM_PROFILE, profile_title, select};
 use crate::part::{self, Candidate};
@@ -80,6 +80,13 @@ pub struct Request {
     /// A command line edited at the console menu, replacing the entry's.
     #[serde(default)]
     pub cmdline_override: Option<String>,
+    /// `--domain-type`: the kernel must boot in this mode (`None`: either).
+    #[serde(default)]
+    pub domain_type: Option<XenMode>,
+    /// `--unpack-kernel`: send the kernel's decompressed ELF instead of the
+    /// file.
+    #[serde(default)]
+    pub unpack_kernel: bool,
 }
 
 /// Find the filesystem to boot: the first ext4 candidate that holds the
@@ -127,6 +134,20 @@ pub struct Checked {
     /// Whether the PV check decompressed the kernel in this run (so the
     /// parent may remember the key).
     pub verified_now: bool,
+    /// The modes the kernel boots in (empty: not checked, LZO).
+    pub modes: Vec<XenMode>,
+}
+
+/// The cache key recording that the kernel with key `key` boots in `mode`
+/// (SHA-256 of both). Keys from before PVH was checked are plain kernel
+/// keys and match no mode key, so such kernels are checked once more.
+pub fn mode_key(key: &str, mode: XenMode) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(key.as_bytes());
+    h.update(b"/");
+    h.update(mode.name().as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A cheap identity for a kernel file: SHA-256 over its guest path, its
@@ -177,16 +198,22 @@ pub fn bootable(fs: &GuestFs, kernel: &str, initrd: Option<&str>, req: &Request)
         None => None,
     };
     let key = kernel_key(fs, kernel, kernel_len).map_err(ek)?;
-    if req.known_pv.contains(&key) {
+    let known: Vec<XenMode> = XenMode::ALL
+        .into_iter()
+        .filter(|m| req.known_pv.contains(&mode_key(&key, *m)))
+        .collect();
+    if !known.is_empty() && req.domain_type.is_none_or(|t| known.contains(&t)) {
         log::debug!(
-            "kernel {} already known to be a Xen PV kernel",
-            escape(kernel.as_bytes())
+            "kernel {} already known to boot as Xen {}",
+            escape(kernel.as_bytes()),
+            modes_text(&known)
         );
         return Ok(Checked {
             kernel_len,
             initrd_len,
             key,
             verified_now: false,
+            modes: known,
         });
     }
     let reopen = |off: u64| -> std::io::Result<GuestFile<'_>> {
@@ -196,13 +223,18 @@ pub fn bootable(fs: &GuestFs, kernel: &str, initrd: Option<&str>, req: &Request)
         f.seek_to(off)?;
         Ok(f)
     };
+    let refused = |e: kernel::KernelError| format!("kernel {} {e}", escape(kernel.as_bytes()));
     match kernel::check(file, kernel_len, reopen) {
-        Ok(kernel::Verdict::XenPv) => Ok(Checked {
-            kernel_len,
-            initrd_len,
-            key,
-            verified_now: true,
-        }),
+        Ok(kernel::Verdict::Xen(modes)) => {
+            kernel::fits(&modes, req.domain_type).map_err(refused)?;
+            Ok(Checked {
+                kernel_len,
+                initrd_len,
+                key,
+                verified_now: true,
+                modes,
+            })
+        }
         Ok(kernel::Verdict::Unverified(why)) => {
             log::warn!("kernel {}: {why}", escape(kernel.as_bytes()));
             Ok(Checked {
@@ -210,9 +242,18 @@ pub fn bootable(fs: &GuestFs, kernel: &str, initrd: Option<&str>, req: &Request)
                 initrd_len,
                 key,
                 verified_now: false,
+                modes: Vec::new(),
             })
         }
-        Err(e) => Err(format!("kernel {} {e}", escape(kernel.as_bytes()))),
+        Err(e) => Err(refused(e)),
+    }
+}
+
+/// `pv and pvh`, `pv`, or `(not checked)` for the log.
+pub fn modes_text(modes: &[XenMode]) -> String {
+    match modes {
+        [] => "(not checked)".to_owned(),
+        m => m.iter().map(|m| m.name()).collect::<Vec<_>>().join(" and "),
     }
 }
 
@@ -512,10 +553,21 @@ pub fn plan(fs: &GuestFs, found_in: &Candidate, req: &Request) -> Result<Plan, E
         (Some(p), Some(len)) => Some((p, len)),
         _ => None,
     };
+    // --unpack-kernel: the ELF's length, by decompressing it once here
+    // (the data follows in a second pass, as frames).
+    let (kernel_len, unpacked_from) = if req.unpack_kernel {
+        let n = unpack_kernel(fs, &kernel, req, &mut std::io::sink())?;
+        log::debug!("kernel {} unpacks to {n} bytes", escape(kernel.as_bytes()));
+        (n, Some(checked.kernel_len))
+    } else {
+        (checked.kernel_len, None)
+    };
     Ok(Plan {
         label,
         kernel,
-        kernel_len: checked.kernel_len,
+        kernel_len,
+        unpacked_from,
+        xen_modes: checked.modes,
         initrd,
         cmdline,
         found_in: found_in.to_string(),
@@ -524,6 +576,75 @@ pub fn plan(fs: &GuestFs, found_in: &Candidate, req: &Request) -> Result<Plan, E
         toplevel,
         reason,
     })
+}
+
+/// Decompress the kernel at `path` to its ELF (vmlinux) into `out`,
+/// within `--max-kernel-size` and [`crate::limits::MAX_UNPACKED_KERNEL`];
+/// the bytes written.
+fn unpack_kernel(fs: &GuestFs, path: &str, req: &Request, out: &mut dyn Write) -> Result<u64, Error> {
+    let (_, file, len) = fs.open_regular(path.as_bytes(), req.max_kernel)?;
+    let reopen = |off: u64| -> std::io::Result<GuestFile<'_>> {
+        let (_, mut f, _) = fs
+            .open_regular(path.as_bytes(), req.max_kernel)
+            .map_err(std::io::Error::other)?;
+        f.seek_to(off)?;
+        Ok(f)
+    };
+    kernel::unpack(file, len, reopen, req.max_kernel, out).map_err(|e| {
+        Error::Guest(GuestError::Nixos(NixosError::UnknownEntry(format!(
+            "--unpack-kernel: kernel {} {e}",
+            escape(path.as_bytes())
+        ))))
+    })
+}
+
+/// Kernel data frames of at most 1 MiB, as a `Write`.
+struct DataFrames<'a> {
+    out: &'a mut dyn Write,
+    buf: Vec<u8>,
+}
+
+impl DataFrames<'_> {
+    const CHUNK: usize = 1 << 20;
+
+    fn emit(&mut self, all: bool) -> std::io::Result<()> {
+        while self.buf.len() >= Self::CHUNK || (all && !self.buf.is_empty()) {
+            let n = self.buf.len().min(Self::CHUNK);
+            ipc::write_frame(self.out, Tag::Kernel, self.buf.get(..n).unwrap_or_default())?;
+            self.buf.drain(..n);
+        }
+        Ok(())
+    }
+}
+
+impl Write for DataFrames<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        self.emit(false)?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.emit(true)
+    }
+}
+
+/// Send the unpacked kernel as data frames: exactly the `len` bytes the
+/// plan announced (the first pass counted them).
+fn send_unpacked(fs: &GuestFs, path: &str, req: &Request, len: u64, out: &mut dyn Write) -> Result<(), Error> {
+    let mut frames = DataFrames {
+        out,
+        buf: Vec::with_capacity(DataFrames::CHUNK),
+    };
+    let n = unpack_kernel(fs, path, req, &mut frames)?;
+    frames.flush().map_err(|e| Error::host("sending kernel data", e))?;
+    if n != len {
+        return Err(Error::Guest(GuestError::Nixos(NixosError::UnknownEntry(format!(
+            "--unpack-kernel: kernel {} unpacked to {n} bytes, then {len}",
+            escape(path.as_bytes())
+        )))));
+    }
+    Ok(())
 }
 
 /// Send one guest file, exactly `len` bytes: as the disk byte ranges it
@@ -579,18 +700,23 @@ pub fn list(fs: &GuestFs, req: &Request) -> Result<Listing, Error> {
         Ok(named) => profiles.extend(named),
         Err(e) => log::warn!("cannot list the nixos-rebuild -p profiles: {e}"),
     }
-    let mut memo: std::collections::HashMap<(String, Option<String>), Option<String>> = Default::default();
+    type Verdict = Result<Vec<XenMode>, String>;
+    let mut memo: std::collections::HashMap<(String, Option<String>), Verdict> = Default::default();
     let mut listed = |loaded: Result<nixos::Generation, NixosError>, profile: Option<&str>, number, mtime, current| {
-        let (generation, problem) = match loaded {
+        let (generation, verdict) = match loaded {
             Ok(g) => {
                 let key = (g.entry.kernel.clone(), g.entry.initrd.clone());
-                let problem = memo
+                let verdict = memo
                     .entry(key)
-                    .or_insert_with(|| bootable(fs, &g.entry.kernel, g.entry.initrd.as_deref(), req).err())
+                    .or_insert_with(|| bootable(fs, &g.entry.kernel, g.entry.initrd.as_deref(), req).map(|c| c.modes))
                     .clone();
-                (Some(g), problem)
+                (Some(g), verdict)
             }
-            Err(e) => (None, Some(e.to_string())),
+            Err(e) => (None, Err(e.to_string())),
+        };
+        let (xen_modes, problem) = match verdict {
+            Ok(m) => (m, None),
+            Err(p) => (Vec::new(), Some(p)),
         };
         Listed {
             generation,
@@ -599,6 +725,7 @@ pub fn list(fs: &GuestFs, req: &Request) -> Result<Listing, Error> {
             mtime,
             problem,
             profile: profile.map(str::to_owned),
+            xen_modes,
         }
     };
     let total: usize = profiles.iter().map(|p| p.links.len().saturating_add(1)).sum();
@@ -668,7 +795,11 @@ pub fn run(src: Rc<dyn BlockSource>, req: &Request, out: &mut dyn Write) -> Resu
             let p = plan(&fs, &found_in, req)?;
             ipc::write_json(out, Tag::Plan, &p).map_err(|e| Error::host("sending plan", e))?;
             if req.send_data {
-                send_file(&fs, &p.kernel, req.max_kernel, p.kernel_len, Tag::Kernel, out)?;
+                if p.unpacked_from.is_some() {
+                    send_unpacked(&fs, &p.kernel, req, p.kernel_len, out)?;
+                } else {
+                    send_file(&fs, &p.kernel, req.max_kernel, p.kernel_len, Tag::Kernel, out)?;
+                }
                 if let Some((path, len)) = &p.initrd {
                     send_file(&fs, path, req.max_initrd, *len, Tag::Initrd, out)?;
                 }

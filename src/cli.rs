@@ -221,6 +221,16 @@ pub struct BootArgs {
     /// generation, or --entry inside it. `system` is the system profile.
     #[arg(long, value_name = "NAME", value_parser = parse_profile)]
     pub profile: Option<String>,
+    /// The domain's type (libxl does not tell a boot loader): the kernel
+    /// must boot in this mode. Without it a kernel that boots as PV or as
+    /// PVH passes.
+    #[arg(long, value_enum, value_name = "TYPE")]
+    pub domain_type: Option<crate::kernel::XenMode>,
+    /// Hand libxl the kernel's decompressed ELF (vmlinux) instead of the
+    /// bzImage, for a dom0 whose libxenguest cannot decompress the guest's
+    /// kernel (e.g. zstd before Xen 4.15, or built without libzstd).
+    #[arg(long)]
+    pub unpack_kernel: bool,
     /// Restricted mode: parse the disk as this uid (what libxl passes when
     /// LIBXL_BOOTLOADER_RESTRICT is set).
     #[arg(long, value_name = "UID")]

@@ -97,6 +97,8 @@ fn request(mode: Mode) -> Request {
         send_data: true,
         known_pv: Vec::new(),
         cmdline_override: None,
+        domain_type: None,
+        unpack_kernel: false,
     }
 }
 

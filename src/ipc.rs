@@ -125,8 +125,16 @@ pub struct Plan {
     pub label: String,
     /// Guest path of the kernel.
     pub kernel: String,
-    /// Size of the kernel in bytes.
+    /// Size of the kernel in bytes (of the unpacked ELF with
+    /// `--unpack-kernel`).
     pub kernel_len: u64,
+    /// With `--unpack-kernel`: the size of the kernel file the ELF was
+    /// unpacked from (the data then comes as frames, not disk ranges).
+    #[serde(default)]
+    pub unpacked_from: Option<u64>,
+    /// The Xen modes the kernel boots in (empty: not checked).
+    #[serde(default)]
+    pub xen_modes: Vec<crate::kernel::XenMode>,
     /// Guest path and size of the initrd.
     pub initrd: Option<(String, u64)>,
     /// The complete command line.
@@ -199,6 +207,10 @@ pub struct Listed {
     /// The `nixos-rebuild -p` profile (`None`: the system profile).
     #[serde(default)]
     pub profile: Option<String>,
+    /// The Xen modes the generation's kernel boots in (empty: not
+    /// bootable, or not checked).
+    #[serde(default)]
+    pub xen_modes: Vec<crate::kernel::XenMode>,
 }
 
 /// A failure in the child.

@@ -1,12 +1,18 @@
-//! Can Xen 4.17 boot this kernel as a PV guest? Guest data.
+//! Can Xen 4.17 boot this kernel as a PV or a PVH guest? Guest data.
 //!
-//! A kernel is PV-bootable when it is an ELF image, or a bzImage (boot
+//! A kernel is Xen-bootable when it is an ELF image, or a bzImage (boot
 //! protocol ≥ 2.08) whose payload is compressed with something libxenguest
 //! decompresses (gzip, bzip2, lzma, xz, lzo, lz4, zstd) and is itself an
-//! ELF image, and that ELF carries Xen's `XEN_ELFNOTE_ENTRY` note (Linux
-//! emits it with `CONFIG_XEN_PV`). Without the check, a non-PV kernel
-//! fails much later in libxc with "no loader found"; with it the admin
-//! reads "kernel … has no Xen PV entry point (CONFIG_XEN_PV?)".
+//! ELF image, and that ELF carries Xen's `XEN_ELFNOTE_ENTRY` note (the PV
+//! entry point; Linux emits it with `CONFIG_XEN_PV`) or
+//! `XEN_ELFNOTE_PHYS32_ENTRY` (the PVH entry point, `CONFIG_XEN_PVH`).
+//! [`check`] says which of the two modes ([`XenMode`]) the kernel boots in.
+//! Without the check, an unfit kernel fails much later in libxc with "no
+//! loader found"; with it the admin reads "kernel … has no Xen PV or PVH
+//! entry point".
+//!
+//! [`unpack`] writes the whole decompressed ELF (vmlinux) for
+//! `--unpack-kernel`, within [`MAX_UNPACKED_KERNEL`].
 //!
 //! The payload is decompressed as a stream into [`NoteScanner`], which
 //! keeps only the ELF header, the program headers and the `PT_NOTE`
@@ -26,7 +32,7 @@
 use std::io::{self, Read, Write};
 
 use crate::bytes::{le16, le32, le64};
-use crate::limits::MAX_KERNEL_DECOMPRESSED;
+use crate::limits::{MAX_KERNEL_DECOMPRESSED, MAX_UNPACKED_KERNEL};
 
 /// Largest ELF header + program header table examined.
 pub const MAX_ELF_HEAD: usize = 64 * 1024;
@@ -38,6 +44,37 @@ const LZ4_LEGACY_CHUNK: usize = 8 << 20;
 /// Xen ELF note types (xen/include/public/elfnote.h).
 const XEN_ELFNOTE_ENTRY: u32 = 1;
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+
+/// A Xen guest type that boots a kernel directly (HVM does not).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum XenMode {
+    /// Paravirtualised: entry at `XEN_ELFNOTE_ENTRY`.
+    Pv,
+    /// PVH: entry at `XEN_ELFNOTE_PHYS32_ENTRY`.
+    Pvh,
+}
+
+impl XenMode {
+    /// Both modes, in the order nixboot names them.
+    pub const ALL: [XenMode; 2] = [XenMode::Pv, XenMode::Pvh];
+
+    /// `pv` or `pvh`.
+    pub fn name(self) -> &'static str {
+        match self {
+            XenMode::Pv => "pv",
+            XenMode::Pvh => "pvh",
+        }
+    }
+}
+
+impl std::fmt::Display for XenMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Payload compressions, by their magic bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,12 +163,21 @@ pub enum KernelError {
     /// The ELF has no notes at all / no Xen notes.
     #[error("has no Xen ELF notes (not built with CONFIG_XEN)")]
     NoXenNotes,
-    /// Xen notes, but only the PVH entry point.
+    /// Xen notes, but only the PVH entry point (refused for
+    /// `--domain-type=pv`).
     #[error("has no Xen PV entry point, only a PVH one (CONFIG_XEN_PV?)")]
     PvhOnly,
-    /// Xen notes without a PV entry point.
-    #[error("has no Xen PV entry point (CONFIG_XEN_PV?)")]
+    /// Xen notes, but only the PV entry point (refused for
+    /// `--domain-type=pvh`).
+    #[error("has no Xen PVH entry point, only a PV one (CONFIG_XEN_PVH?)")]
+    PvOnly,
+    /// Xen notes without a PV or PVH entry point.
+    #[error("has no Xen PV or PVH entry point (CONFIG_XEN_PV? CONFIG_XEN_PVH?)")]
     NoPvEntry,
+    /// The unpacked ELF is larger than [`MAX_UNPACKED_KERNEL`] or the
+    /// copy's cap.
+    #[error("unpacks to more than {0} bytes")]
+    UnpackedTooLarge(u64),
     /// A structure is corrupt.
     #[error("is corrupt: {0}")]
     Corrupt(&'static str),
@@ -296,8 +342,9 @@ impl NoteScanner {
         }
     }
 
-    /// The verdict on the notes captured.
-    pub fn verdict(&self) -> Result<(), KernelError> {
+    /// The verdict on the notes captured: the modes the kernel boots in
+    /// (never empty).
+    pub fn verdict(&self) -> Result<Vec<XenMode>, KernelError> {
         if let Some(e) = &self.error {
             return Err(e.clone());
         }
@@ -312,10 +359,16 @@ impl NoteScanner {
         for seg in &self.captured {
             xen.extend(xen_note_types(seg));
         }
-        if xen.contains(&XEN_ELFNOTE_ENTRY) {
-            Ok(())
-        } else if xen.contains(&XEN_ELFNOTE_PHYS32_ENTRY) {
-            Err(KernelError::PvhOnly)
+        let modes: Vec<XenMode> = [
+            (XEN_ELFNOTE_ENTRY, XenMode::Pv),
+            (XEN_ELFNOTE_PHYS32_ENTRY, XenMode::Pvh),
+        ]
+        .into_iter()
+        .filter(|(note, _)| xen.contains(note))
+        .map(|(_, mode)| mode)
+        .collect();
+        if !modes.is_empty() {
+            Ok(modes)
         } else if xen.is_empty() {
             Err(KernelError::NoXenNotes)
         } else {
@@ -397,7 +450,7 @@ fn xen_note_types(seg: &[u8]) -> Vec<u32> {
 }
 
 /// Feed the LZ4 legacy format (what Linux's `lz4 -l` writes) into `out`.
-fn lz4_legacy(mut r: impl Read, out: &mut NoteScanner) -> io::Result<()> {
+fn lz4_legacy(mut r: impl Read, out: &mut dyn Write) -> io::Result<()> {
     let mut magic = [0u8; 4];
     r.read_exact(&mut magic)?;
     let mut chunk = Vec::new();
@@ -427,7 +480,7 @@ fn lz4_legacy(mut r: impl Read, out: &mut NoteScanner) -> io::Result<()> {
 }
 
 /// Decompress `payload` (compressed with `c`) into `scan`.
-fn decompress(c: Compression, payload: impl Read, scan: &mut NoteScanner) -> io::Result<()> {
+fn decompress(c: Compression, payload: impl Read, scan: &mut dyn Write) -> io::Result<()> {
     let r = io::BufReader::with_capacity(64 * 1024, payload);
     match c {
         Compression::Gzip => io::copy(&mut flate2::bufread::GzDecoder::new(r), scan).map(drop),
@@ -451,24 +504,24 @@ fn decompress(c: Compression, payload: impl Read, scan: &mut NoteScanner) -> io:
 /// The result of [`check`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// A Xen PV kernel.
-    XenPv,
+    /// A Xen kernel, bootable in these modes (at least one).
+    Xen(Vec<XenMode>),
     /// Loadable by Xen as far as nixboot can tell, but not verified (LZO).
     Unverified(&'static str),
 }
 
-/// Check a kernel: `file` is positioned at its start and `len` bytes long;
-/// `reopen` gives a fresh reader positioned at `offset` (for the payload).
-pub fn check<R: Read>(
+/// The payload of a kernel file: its compression, a reader at its start
+/// and its length (the whole file for an ELF kernel).
+fn payload<R: Read>(
     mut head_reader: R,
     len: u64,
     mut reopen: impl FnMut(u64) -> io::Result<R>,
-) -> Result<Verdict, KernelError> {
+) -> Result<(Compression, R, u64), KernelError> {
     let mut head = vec![0u8; usize::try_from(len.min(0x400)).unwrap_or(0)];
     head_reader
         .read_exact(&mut head)
         .map_err(|e| KernelError::Read(e.to_string()))?;
-    let (compression, payload, plen): (Compression, R, u64) = match container(&head, len)? {
+    Ok(match container(&head, len)? {
         Container::Elf => (
             Compression::None,
             reopen(0).map_err(|e| KernelError::Read(e.to_string()))?,
@@ -483,7 +536,17 @@ pub fn check<R: Read>(
             let c = Compression::sniff(mb).ok_or(KernelError::UnknownCompression)?;
             (c, reopen(offset).map_err(|e| KernelError::Read(e.to_string()))?, plen)
         }
-    };
+    })
+}
+
+/// Check a kernel: `file` is positioned at its start and `len` bytes long;
+/// `reopen` gives a fresh reader positioned at `offset` (for the payload).
+pub fn check<R: Read>(
+    head_reader: R,
+    len: u64,
+    reopen: impl FnMut(u64) -> io::Result<R>,
+) -> Result<Verdict, KernelError> {
+    let (compression, payload, plen) = payload(head_reader, len, reopen)?;
     if compression == Compression::Lzo {
         return Ok(Verdict::Unverified("LZO-compressed kernels are not checked"));
     }
@@ -495,7 +558,81 @@ pub fn check<R: Read>(
     {
         return Err(KernelError::Decompress(compression, e.to_string()));
     }
-    scan.verdict().map(|()| Verdict::XenPv)
+    scan.verdict().map(Verdict::Xen)
+}
+
+/// A sink that passes bytes on to `out` up to `cap`, keeping the first
+/// four to check the ELF magic.
+struct Capped<'a> {
+    out: &'a mut dyn Write,
+    written: u64,
+    cap: u64,
+    over: bool,
+    magic: Vec<u8>,
+}
+
+impl Write for Capped<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = u64::try_from(data.len()).unwrap_or(u64::MAX);
+        if self.written.saturating_add(n) > self.cap {
+            self.over = true;
+            return Err(stop());
+        }
+        let want = 4usize.saturating_sub(self.magic.len()).min(data.len());
+        self.magic.extend_from_slice(data.get(..want).unwrap_or_default());
+        self.out.write_all(data)?;
+        self.written = self.written.saturating_add(n);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Write the kernel's ELF image (vmlinux) into `out`: a bzImage's whole
+/// payload decompressed, or an ELF kernel as it is, at most
+/// `cap.min(MAX_UNPACKED_KERNEL)` bytes; returns how many. Runs in the
+/// confined child like [`check`]. An LZO payload is refused (nixboot has
+/// no LZO decompressor).
+pub fn unpack<R: Read>(
+    head_reader: R,
+    len: u64,
+    reopen: impl FnMut(u64) -> io::Result<R>,
+    cap: u64,
+    out: &mut dyn Write,
+) -> Result<u64, KernelError> {
+    let (compression, payload, plen) = payload(head_reader, len, reopen)?;
+    let cap = cap.min(MAX_UNPACKED_KERNEL);
+    let mut sink = Capped {
+        out,
+        written: 0,
+        cap,
+        over: false,
+        magic: Vec::new(),
+    };
+    let res = decompress(compression, payload.take(plen), &mut sink);
+    if sink.over {
+        return Err(KernelError::UnpackedTooLarge(cap));
+    }
+    res.map_err(|e| KernelError::Decompress(compression, e.to_string()))?;
+    if sink.magic != b"\x7fELF" {
+        return Err(KernelError::NotElf);
+    }
+    Ok(sink.written)
+}
+
+/// Whether `modes` allows a boot as `want` (`None`: either mode will do);
+/// the refusal says what the kernel lacks.
+pub fn fits(modes: &[XenMode], want: Option<XenMode>) -> Result<(), KernelError> {
+    match want {
+        Some(m) if !modes.contains(&m) => Err(match m {
+            XenMode::Pv => KernelError::PvhOnly,
+            XenMode::Pvh => KernelError::PvOnly,
+        }),
+        _ if modes.is_empty() => Err(KernelError::NoPvEntry),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -529,8 +666,12 @@ pub(crate) mod tests {
 
     #[test]
     fn elf_with_pv_entry() {
-        assert_eq!(run(&elf(&[6, 5, 1, 2], 100_000)), Ok(Verdict::XenPv));
-        assert_eq!(run(&elf(&[18], 10_000)), Err(KernelError::PvhOnly));
+        assert_eq!(run(&elf(&[6, 5, 1, 2], 100_000)), Ok(Verdict::Xen(vec![XenMode::Pv])));
+        assert_eq!(run(&elf(&[18], 10_000)), Ok(Verdict::Xen(vec![XenMode::Pvh])));
+        assert_eq!(
+            run(&elf(&[18, 6, 1], 10_000)),
+            Ok(Verdict::Xen(vec![XenMode::Pv, XenMode::Pvh]))
+        );
         assert_eq!(run(&elf(&[6, 5], 10_000)), Err(KernelError::NoPvEntry));
         assert_eq!(run(&elf(&[], 10_000)), Err(KernelError::NoXenNotes));
     }
@@ -543,28 +684,28 @@ pub(crate) mod tests {
             e.write_all(&pv).unwrap();
             e.finish().unwrap()
         };
-        assert_eq!(run(&bzimage(&gz)), Ok(Verdict::XenPv));
+        assert_eq!(run(&bzimage(&gz)), Ok(Verdict::Xen(vec![XenMode::Pv])));
         let xz = {
             let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
             e.write_all(&pv).unwrap();
             e.finish().unwrap()
         };
-        assert_eq!(run(&bzimage(&xz)), Ok(Verdict::XenPv));
+        assert_eq!(run(&bzimage(&xz)), Ok(Verdict::Xen(vec![XenMode::Pv])));
         let zs = zstd::encode_all(pv.as_slice(), 1).unwrap();
-        assert_eq!(run(&bzimage(&zs)), Ok(Verdict::XenPv));
+        assert_eq!(run(&bzimage(&zs)), Ok(Verdict::Xen(vec![XenMode::Pv])));
         let bz = {
             let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
             e.write_all(&pv).unwrap();
             e.finish().unwrap()
         };
-        assert_eq!(run(&bzimage(&bz)), Ok(Verdict::XenPv));
+        assert_eq!(run(&bzimage(&bz)), Ok(Verdict::Xen(vec![XenMode::Pv])));
         let mut lz = vec![0x02, 0x21, 0x4c, 0x18];
         let block = lz4_flex::block::compress(&pv);
         lz.extend_from_slice(&(block.len() as u32).to_le_bytes());
         lz.extend_from_slice(&block);
-        assert_eq!(run(&bzimage(&lz)), Ok(Verdict::XenPv));
-        let nonpv = zstd::encode_all(elf(&[18], 5000).as_slice(), 1).unwrap();
-        assert_eq!(run(&bzimage(&nonpv)), Err(KernelError::PvhOnly));
+        assert_eq!(run(&bzimage(&lz)), Ok(Verdict::Xen(vec![XenMode::Pv])));
+        let pvh = zstd::encode_all(elf(&[18], 5000).as_slice(), 1).unwrap();
+        assert_eq!(run(&bzimage(&pvh)), Ok(Verdict::Xen(vec![XenMode::Pvh])));
     }
 
     #[test]
@@ -596,6 +737,65 @@ pub(crate) mod tests {
             written += c.len();
         }
         assert!(written < 1 << 20, "{written}");
-        assert_eq!(s.verdict(), Ok(()));
+        assert_eq!(s.verdict(), Ok(vec![XenMode::Pv]));
+    }
+
+    #[test]
+    fn unpack_gives_the_elf() {
+        let pv = elf(&[6, 1, 18], 300_000);
+        let zs = zstd::encode_all(pv.as_slice(), 1).unwrap();
+        let bz = bzimage(&zs);
+        let mut out = Vec::new();
+        let n = unpack(
+            bz.as_slice(),
+            bz.len() as u64,
+            |off| Ok(&bz[off as usize..]),
+            u64::MAX,
+            &mut out,
+        );
+        assert_eq!(n, Ok(pv.len() as u64));
+        assert_eq!(out, pv);
+        // An ELF kernel is itself.
+        let mut out = Vec::new();
+        let n = unpack(
+            pv.as_slice(),
+            pv.len() as u64,
+            |off| Ok(&pv[off as usize..]),
+            u64::MAX,
+            &mut out,
+        );
+        assert_eq!((n, out == pv), (Ok(pv.len() as u64), true));
+        // Over the cap: refused, whatever was written is the caller's to drop.
+        let mut out = Vec::new();
+        let r = unpack(
+            bz.as_slice(),
+            bz.len() as u64,
+            |off| Ok(&bz[off as usize..]),
+            100_000,
+            &mut out,
+        );
+        assert_eq!(r, Err(KernelError::UnpackedTooLarge(100_000)));
+        assert!(out.len() <= 100_000);
+        // A payload that is not an ELF.
+        let junk = bzimage(&zstd::encode_all(&[0x55u8; 5000][..], 1).unwrap());
+        let r = unpack(
+            junk.as_slice(),
+            junk.len() as u64,
+            |off| Ok(&junk[off as usize..]),
+            u64::MAX,
+            &mut Vec::new(),
+        );
+        assert_eq!(r, Err(KernelError::NotElf));
+    }
+
+    #[test]
+    fn strict_domain_type() {
+        use XenMode::{Pv, Pvh};
+        assert_eq!(fits(&[Pv, Pvh], None), Ok(()));
+        assert_eq!(fits(&[Pvh], None), Ok(()));
+        assert_eq!(fits(&[Pv], Some(Pv)), Ok(()));
+        assert_eq!(fits(&[Pvh], Some(Pv)), Err(KernelError::PvhOnly));
+        assert_eq!(fits(&[Pv], Some(Pvh)), Err(KernelError::PvOnly));
+        assert_eq!(fits(&[], None), Err(KernelError::NoPvEntry));
     }
 }

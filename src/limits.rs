@@ -106,6 +106,11 @@ pub const CHILD_DEADLINE_SECS: u64 = 60;
 /// Bytes of a kernel payload decompressed to look for Xen ELF notes.
 pub const MAX_KERNEL_DECOMPRESSED: u64 = 256 * MIB;
 
+/// Largest decompressed kernel ELF (vmlinux) `--unpack-kernel` hands to
+/// libxl (the copy is also bound by `--max-kernel-size`). NixOS's vmlinux
+/// is 40-70 MiB; libxc's own decompression limit is 1 GiB.
+pub const MAX_UNPACKED_KERNEL: u64 = 256 * MIB;
+
 /// Kernels remembered as PV-bootable in the dom0 cache (positive results
 /// only; see `boot::kernel_key`).
 pub const MAX_KNOWN_KERNELS: usize = 4096;

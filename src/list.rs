@@ -30,6 +30,7 @@ pub fn json(l: &Listing) -> String {
                 "kernelParams": e.map(|e| &e.kernel_params),
                 "specialisations": g.generation.as_ref().map(|g| g.specialisations.iter().filter_map(|s| s.specialisation.clone()).collect::<Vec<_>>()).unwrap_or_default(),
                 "bootable": g.problem.is_none(),
+                "xenModes": g.xen_modes,
                 "problem": g.problem,
             })
         })
@@ -69,8 +70,14 @@ pub fn table(l: &Listing) -> String {
                     .problem
                     .as_ref()
                     .map(|p| format!("  (not bootable: {})", Escaped(p.as_bytes())));
+                let modes = if g.problem.is_none() && !g.xen_modes.is_empty() {
+                    let m: Vec<&str> = g.xen_modes.iter().map(|m| m.name()).collect();
+                    format!("  [{}]", m.join(", "))
+                } else {
+                    String::new()
+                };
                 s.push_str(&format!(
-                    "{mark} {n:>5}  {}{}\n",
+                    "{mark} {n:>5}  {}{modes}{}\n",
                     Escaped(label(&gen_.entry, g.mtime).as_bytes()),
                     why.unwrap_or_default()
                 ));

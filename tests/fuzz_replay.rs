@@ -104,6 +104,8 @@ fn disk_seeds_boot() {
             send_data: true,
             known_pv: Vec::new(),
             cmdline_override: None,
+            domain_type: None,
+            unpack_kernel: false,
         };
         let mut out = Vec::new();
         nixboot::boot::run(src, &req, &mut out).unwrap_or_else(|e| panic!("{}: {e}", p.display()));

@@ -1,12 +1,12 @@
 //! The kernel-format check on real kernels: Debian's Xen-capable
-//! `linux-image-amd64` bzImage (xz payload) must pass, and the same bytes
+//! `linux-image-amd64` bzImage (xz payload) must pass as PV and PVH, and the same bytes
 //! with their Xen notes renamed must not.
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::time::Instant;
 
-use nixboot::kernel::{KernelError, Verdict, check};
+use nixboot::kernel::{KernelError, Verdict, XenMode, check};
 
 fn debian_kernel() -> Option<std::path::PathBuf> {
     let mut ks: Vec<_> = std::fs::read_dir("/boot")
@@ -42,7 +42,8 @@ fn debian_kernel_is_xen_pv() {
         Ok(f)
     });
     eprintln!("{}: {:?} in {:?}", k.display(), v, t.elapsed());
-    assert_eq!(v, Ok(Verdict::XenPv));
+    // Debian builds CONFIG_XEN_PV and CONFIG_XEN_PVH.
+    assert_eq!(v, Ok(Verdict::Xen(vec![XenMode::Pv, XenMode::Pvh])));
 }
 
 #[test]

@@ -44,16 +44,19 @@ fn fallback_when_the_current_kernel_is_missing() {
 }
 
 #[test]
-fn a_kernel_without_xen_pv_support_is_refused_with_the_reason() {
-    // Generation 3's kernel is an ELF with only the PVH entry note.
+fn a_kernel_without_xen_pv_support_is_refused_for_a_pv_domain() {
+    // Generation 3's kernel is an ELF with only the PVH entry note: it
+    // boots a PVH domain, so only --domain-type=pv refuses it.
     let pvh = nixboot::fixtures::pv_elf(&[6, 5, 18], 100_000);
     let Some(img) = broken_current(move |k| fs::write(k, &pvh).unwrap()).image(Layout::Bare, BlockSize::K4) else {
         return;
     };
-    let ran = libxl().bootloader_args(&["--entry=3"]).run(&img.path);
+    let ran = libxl()
+        .bootloader_args(&["--entry=3", "--domain-type=pv"])
+        .run(&img.path);
     ran.expect_guest_error(&["has no Xen PV entry point, only a PVH one (CONFIG_XEN_PV?)"]);
     // The default boot falls back to generation 2 and says why.
-    let ran = libxl().run(&img.path);
+    let ran = libxl().bootloader_args(&["--domain-type=pv"]).run(&img.path);
     ran.expect_boot().assert_entry(&img, img.entry(2), None);
     assert!(ran.console.contains("has no Xen PV entry point"), "{}", ran.console);
 }

@@ -8,6 +8,7 @@
 //! * `generations`: the bootable check, fallback, `list`, the console menu.
 //! * `profiles`: `nixos-rebuild -p` profiles (`--profile`, `list`, the
 //!   menu, an installed default in a profile) and GRUB titles for `--entry`.
+//! * `xen_modes`: PV and PVH kernels, `--domain-type`, `--unpack-kernel`.
 //! * `hostile`: crafted images under an address-space cap: a clear error
 //!   or a safe result, quickly, never a crash, the image unchanged.
 
@@ -20,3 +21,4 @@ mod generations;
 mod hostile;
 mod profiles;
 mod readers;
+mod xen_modes;
