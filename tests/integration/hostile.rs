@@ -301,7 +301,7 @@ fn kernel_symlink_climbing_to_etc_shadow_stays_in_the_guest() {
         let copied = fs::read(&booted.kernel).unwrap();
         assert!(dom0_shadow.as_ref() != Some(&copied), "dom0's /etc/shadow was copied");
         assert!(
-            ran.console.contains("nixboot: kernel /etc/shadow (100000 bytes)"),
+            ran.console.contains("nixboot: kernel /etc/shadow (100000 bytes; boots as Xen pv)"),
             "{}",
             ran.console
         );

@@ -137,7 +137,7 @@ boot 7
 check_result 7 "init=$g2/init console=hvc0 loglevel=4 console=hvc0 marker=from-xl-extra"
 check "domain 7: the log says which generation booted and why" \
   grep -q "nixboot: booting NixOS - Configuration 2 (2024-12-01 - 24.11.5678.0123456) from MBR partition 1.*system profile's current generation" "$tmp/bootloader.7.log"
-check "domain 7: the log has the kernel with its size" grep -q "nixboot: kernel $kernel ([0-9]* bytes)" "$tmp/bootloader.7.log"
+check "domain 7: the log has the kernel with its size" grep -q "nixboot: kernel $kernel ([0-9]* bytes; boots as Xen pv" "$tmp/bootloader.7.log"
 
 echo "== rollback through bootloader_args (domain 8: --entry=1)"
 boot 8 --entry=1
