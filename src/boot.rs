@@ -15,12 +15,12 @@ use serde::{Deserialize, Serialize};
 use crate::cmdline;
 use crate::disk::{BlockSource, Window};
 use crate::error::{Error, GuestError, escape};
-use crate::guestfs::{FsError, GuestFile, GuestFs};
+use crate::fs::{self, FsError, GuestFile, GuestFs, Mount};
 use crate::ipc::{self, EntryRef, Listed, Listing, Plan, Tag};
 use crate::kernel::{self, XenMode};
 use crate::nixos::installed::{self, GuestTimeout, INSTALLED_FILE, Installed};
 use crate::nixos::{self, BootEntry, NixosError, SYSTEM_PROFILE, profile_title, select};
-use crate::part::{self, Candidate};
+use crate::part;
 
 /// What to boot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,26 +89,62 @@ pub struct Request {
     pub unpack_kernel: bool,
 }
 
-/// Find the filesystem to boot: the first ext4 candidate that holds the
-/// NixOS system profile (or, with `--kernel`, that holds that path).
-pub fn open_system(src: Rc<dyn BlockSource>, offset: Option<u64>, want: &[u8]) -> Result<(GuestFs, Candidate), Error> {
+/// Where the guest's NixOS store lives, relative to the root of a
+/// filesystem that is the guest's `/nix`.
+const NIX_FS_MARKERS: [&str; 2] = ["/nix/var/nix/profiles/system", "/nix/store"];
+
+/// Find the filesystem to boot: the first filesystem (in partition order;
+/// every tree a partition holds, e.g. each btrfs subvolume) that holds
+/// `want` — the NixOS system profile, or with `--kernel` that path. A
+/// filesystem whose own root holds `var/nix/profiles/system` and `store/`
+/// is the guest's `/nix` (impermanence, tmpfs roots): guest paths under
+/// `/nix` map into it. Returns the view and where it was found, for the
+/// console.
+pub fn open_system(src: Rc<dyn BlockSource>, offset: Option<u64>, want: &[u8]) -> Result<(GuestFs, String), Error> {
     let candidates = part::candidates(src.as_ref(), offset)?;
     let mut tried = Vec::new();
     for c in candidates {
         let Some(window) = Window::new(src.clone(), c.offset, c.len) else {
             continue;
         };
-        match GuestFs::open(window) {
-            Ok(fs) => match fs.exists(want) {
+        let trees = match fs::probe(window) {
+            Ok(t) => t,
+            Err(FsError::NotAFilesystem) => {
+                tried.push(format!("{c}: not ext4"));
+                continue;
+            }
+            Err(e) => {
+                tried.push(format!("{c}: {e}"));
+                continue;
+            }
+        };
+        for tree in trees {
+            // "MBR partition 2 (…)", plus the tree when it is not the
+            // partition's only filesystem ("btrfs subvolume @nix (id 257)").
+            let place = match tree.kind() {
+                "ext4" => c.to_string(),
+                _ => format!("{c}, {}", tree.describe()),
+            };
+            let root = GuestFs::new(tree.clone(), Mount::Root);
+            match root.exists(want) {
                 Ok(true) => {
-                    log::debug!("using the filesystem in {c}");
-                    return Ok((fs, c));
+                    log::debug!("using the {} in {c}", root.describe());
+                    return Ok((root, place));
                 }
-                Ok(false) => tried.push(format!("{c}: ext4 without {}", escape(want))),
-                Err(e) => tried.push(format!("{c}: {e}")),
-            },
-            Err(FsError::NotExt4) => tried.push(format!("{c}: not ext4")),
-            Err(e) => tried.push(format!("{c}: {e}")),
+                Ok(false) => {}
+                Err(e) => {
+                    tried.push(format!("{c}: {}: {e}", root.describe()));
+                    continue;
+                }
+            }
+            let nix = GuestFs::new(tree, Mount::Nix);
+            let is_nix =
+                want.starts_with(b"/nix/") && NIX_FS_MARKERS.iter().all(|m| nix.exists(m.as_bytes()).unwrap_or(false));
+            if is_nix && nix.exists(want).unwrap_or(false) {
+                log::debug!("using the {} in {c}", nix.describe());
+                return Ok((nix, format!("{place}, the guest's /nix")));
+            }
+            tried.push(format!("{c}: {} without {}", root.describe(), escape(want)));
         }
     }
     let detail = if tried.is_empty() {
@@ -117,7 +153,7 @@ pub fn open_system(src: Rc<dyn BlockSource>, offset: Option<u64>, want: &[u8]) -
         tried.join("; ")
     };
     Err(Error::Guest(GuestError::Nixos(NixosError::UnknownEntry(format!(
-        "no ext4 filesystem holding {} ({detail})",
+        "no filesystem holding {} ({detail})",
         escape(want)
     )))))
 }
@@ -432,23 +468,51 @@ fn default_or_fallback(
     req: &Request,
     profile: Option<&str>,
 ) -> Result<(BootEntry, Option<i64>, Checked, String), Error> {
-    let pick = match profile {
-        Some(name) => pick_profile(fs, name)?,
+    let picked = match profile {
+        Some(name) => pick_profile(fs, name),
         None => {
             let installed = read_installed(fs, true);
-            pick_default(fs, installed.as_ref(), true)?
+            pick_default(fs, installed.as_ref(), true)
         }
     };
-    let g = &pick.generation;
-    let in_profile = g.profile.as_deref();
-    let first_problem = match bootable(fs, &pick.entry.kernel, pick.entry.initrd.as_deref(), req) {
-        Ok(c) => return Ok((pick.entry, g.mtime, c, pick.reason)),
-        Err(p) => p,
+    // The default entry, or why it cannot boot: it does not even load (a
+    // kernel link that leaves the filesystem, a corrupt boot.json and no
+    // toplevel files), or it loads but is not bootable.
+    let (name, first_problem, below, default_reason, in_profile) = match picked {
+        Ok(pick) => {
+            let g = &pick.generation;
+            match bootable(fs, &pick.entry.kernel, pick.entry.initrd.as_deref(), req) {
+                Ok(c) => return Ok((pick.entry, g.mtime, c, pick.reason)),
+                Err(p) => (
+                    select::label(&pick.entry, g.mtime),
+                    p,
+                    g.number,
+                    pick.reason,
+                    g.profile.clone(),
+                ),
+            }
+        }
+        Err(e) => match nixos::current_in(fs, profile) {
+            Ok(nixos::Current::Generation(n)) => (
+                format!("generation {n}"),
+                e.message(),
+                Some(n),
+                match profile {
+                    None => format!("the system profile's current generation ({SYSTEM_PROFILE} -> system-{n}-link)"),
+                    Some(p) => format!(
+                        "--profile={p}: the profile's current generation ({} -> {p}-{n}-link)",
+                        nixos::profile_path(profile)
+                    ),
+                },
+                profile.map(str::to_owned),
+            ),
+            _ => return Err(e),
+        },
     };
-    let name = select::label(&pick.entry, g.mtime);
     log::warn!("*** the default entry {name} is not bootable: {first_problem}");
+    let in_profile = in_profile.as_deref();
     let profile = nixos::read_profile_in(fs, in_profile)?;
-    let older = profile.links.iter().filter(|l| g.number.is_none_or(|n| l.number < n));
+    let older = profile.links.iter().filter(|l| below.is_none_or(|n| l.number < n));
     let mut problems = vec![format!("{name}: {first_problem}")];
     for link in older {
         let cand = match nixos::load_generation_in(fs, in_profile, Some(link.number)) {
@@ -464,10 +528,8 @@ fn default_or_fallback(
                     "*** falling back to {} (the newest older bootable generation)",
                     select::label(&cand.entry, cand.mtime)
                 );
-                let reason = format!(
-                    "fallback: the default entry {name} ({}) is not bootable: {first_problem}",
-                    pick.reason
-                );
+                let reason =
+                    format!("fallback: the default entry {name} ({default_reason}) is not bootable: {first_problem}");
                 return Ok((cand.entry, cand.mtime, c, reason));
             }
             Err(p) => problems.push(format!("generation {}: {p}", link.number)),
@@ -489,7 +551,7 @@ fn not_bootable(label: &str, why: String) -> Error {
 }
 
 /// Decide what to boot.
-pub fn plan(fs: &GuestFs, found_in: &Candidate, req: &Request) -> Result<Plan, Error> {
+pub fn plan(fs: &GuestFs, found_in: &str, req: &Request) -> Result<Plan, Error> {
     let (label, kernel, initrd, cmdline, checked, toplevel, reason) = match &req.selection {
         Selection::Paths { kernel, ramdisk } => {
             let line = cmdline::build(None, &[], req.args.as_deref())?;
@@ -570,7 +632,7 @@ pub fn plan(fs: &GuestFs, found_in: &Candidate, req: &Request) -> Result<Plan, E
         xen_modes: checked.modes,
         initrd,
         cmdline,
-        found_in: found_in.to_string(),
+        found_in: found_in.to_owned(),
         kernel_key: checked.key,
         kernel_verified: checked.verified_now,
         toplevel,

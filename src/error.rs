@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use crate::{cmdline::CmdlineError, guestfs::FsError, nixos::NixosError, part::PartError};
+use crate::{cmdline::CmdlineError, fs::FsError, nixos::NixosError, part::PartError};
 
 /// Who is at fault for a failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -380,30 +380,34 @@ pub const FUZZ_EXT4_OPS: u32 = 2000;
 /// If the readers disagree.
 pub fn ext4(data: &[u8]) {
     use crate::disk::Window;
-    use crate::guestfs::GuestFs;
+    use crate::fs::{Ext4Fs, GuestFs, Mount};
     let src: Rc<dyn BlockSource> = Rc::new(data.to_vec());
     let Some(w) = Window::new(src.clone(), 0, src.len()) else {
         return;
     };
-    let fast = GuestFs::open(w.clone()).ok();
-    let view = GuestFs::open_with_ext4_view(w).ok();
+    let fast = Ext4Fs::open(w.clone())
+        .ok()
+        .map(|f| GuestFs::new(Rc::new(f), Mount::Root));
+    let view = Ext4Fs::open_with_ext4_view(w)
+        .ok()
+        .map(|f| GuestFs::new(Rc::new(f), Mount::Root));
     let mut budget = FUZZ_EXT4_OPS;
     ext4_walk(data, fast.as_ref(), view.as_ref(), b"/", 0, &mut budget);
 }
 
 fn ext4_walk(
     image: &[u8],
-    fast: Option<&crate::guestfs::GuestFs>,
-    view: Option<&crate::guestfs::GuestFs>,
+    fast: Option<&crate::fs::GuestFs>,
+    view: Option<&crate::fs::GuestFs>,
     dir: &[u8],
     depth: u32,
     budget: &mut u32,
 ) {
-    use crate::guestfs::Kind;
+    use crate::fs::Kind;
     if depth > 8 {
         return;
     }
-    let list = |fs: Option<&crate::guestfs::GuestFs>| {
+    let list = |fs: Option<&crate::fs::GuestFs>| {
         fs.and_then(|fs| fs.list_dir_stat(dir, |_| true).ok()).map(|mut v| {
             v.sort_by(|a, b| a.name.cmp(&b.name));
             v.into_iter()
@@ -429,13 +433,13 @@ fn ext4_walk(
         match kind {
             Kind::Dir => ext4_walk(image, fast, view, &p, depth.saturating_add(1), budget),
             Kind::Symlink => {
-                let t = |fs: Option<&crate::guestfs::GuestFs>| fs.and_then(|fs| fs.read_link(&p).ok());
+                let t = |fs: Option<&crate::fs::GuestFs>| fs.and_then(|fs| fs.read_link(&p).ok());
                 if let (Some(x), Some(y)) = (t(fast), t(view)) {
                     assert_eq!(x, y, "the readers see {} differently", crate::error::escape(&p));
                 }
             }
             Kind::File => {
-                let r = |fs: Option<&crate::guestfs::GuestFs>| fs.and_then(|fs| fs.read_small(&p, FUZZ_MAX_FILE).ok());
+                let r = |fs: Option<&crate::fs::GuestFs>| fs.and_then(|fs| fs.read_small(&p, FUZZ_MAX_FILE).ok());
                 let x = r(fast);
                 if let (Some(x), Some(y)) = (&x, r(view)) {
                     assert!(*x == y, "the readers read {} differently", crate::error::escape(&p));

@@ -94,8 +94,8 @@ impl Tag {
 /// The parent checks the range against the disk: the child can only make
 /// it copy bytes of the guest's own disk.
 ///
-/// [`GuestFs::data_runs`]: crate::guestfs::GuestFs::data_runs
-pub use crate::guestfs::Run;
+/// [`GuestFs::data_runs`]: crate::fs::GuestFs::data_runs
+pub use crate::fs::Run;
 
 impl Run {
     /// The wire form.

@@ -1,7 +1,7 @@
 //! nixboot: a Xen PV boot loader for NixOS guests, run by libxl in dom0 the
 //! way it runs pygrub (`bootloader = "/usr/bin/nixboot"`).
 //!
-//! Data flows one way: [`cli`] → [`disk`] → [`part`] → [`guestfs`] →
+//! Data flows one way: [`cli`] → [`disk`] → [`part`] → [`fs`] →
 //! [`nixos`] → [`cmdline`] → [`output`]. The stages from `part` to
 //! `cmdline` read guest data and run in a confined child process
 //! ([`sandbox`], [`boot`]); only [`disk`], [`output`], [`sandbox`] and
@@ -19,9 +19,9 @@ pub mod disk;
 pub mod error;
 #[doc(hidden)]
 pub mod fixtures;
+pub mod fs;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod guestfs;
 pub mod image;
 pub mod ipc;
 pub mod kernel;

@@ -82,7 +82,7 @@ pub const MAX_GPT_ENTRY_SIZE: u32 = 4096;
 pub const MAX_EBR_HOPS: u32 = 64;
 
 /// Disk ranges the parse child may announce for the kernel and initrd
-/// together (a file is at most `guestfs::MAX_FILE_EXTENTS` extents, with
+/// together (a file is at most `fs::ext4::MAX_FILE_EXTENTS` extents, with
 /// holes between them; real ones have a few). 24 bytes each as they wait
 /// in the parent.
 pub const MAX_RUNS: usize = 1 << 18;

@@ -30,7 +30,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::{NixosError, Profile, link_path_in, profile_path, read_named_profiles, read_profile};
 use crate::error::escape;
-use crate::guestfs::{FsError, GuestFs};
+use crate::fs::{FsError, GuestFs};
 use crate::limits::{MAX_INSTALLED_FILE, MAX_PATH_LEN, MAX_SPECIALISATIONS};
 
 /// Where the guest's install hook writes the boot default.

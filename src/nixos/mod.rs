@@ -18,7 +18,7 @@ pub mod installed;
 pub mod select;
 
 use crate::error::escape;
-use crate::guestfs::{FsError, GuestFs, Kind};
+use crate::fs::{FsError, GuestFs, Kind};
 use crate::limits::{MAX_BOOTSPEC, MAX_GENERATIONS, MAX_PROFILES, MAX_SMALL_FILE, MAX_SPECIALISATIONS};
 
 /// The directory holding the system profile and its generation links.

@@ -14,7 +14,7 @@ use super::{
     profile_names, profile_title, read_profile_in,
 };
 use crate::error::escape;
-use crate::guestfs::GuestFs;
+use crate::fs::GuestFs;
 
 /// What `--entry` asked for, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]

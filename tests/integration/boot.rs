@@ -26,6 +26,10 @@ fn boots_current_on(layout: Layout) {
             Layout::Mbr => format!("MBR partition 2 (type 0x83, offset {})", img.fs_offset),
             Layout::MbrLogical => format!("MBR partition 6 (type 0x83, offset {})", img.fs_offset),
             Layout::Gpt => format!("GPT partition 2 (offset {})", img.fs_offset),
+            Layout::NixPartition => format!(
+                "MBR partition 2 (type 0x83, offset {}), the guest's /nix",
+                img.fs_offset
+            ),
         };
         let before = img.fingerprint();
         let ran = libxl().run(&img.path);
@@ -218,7 +222,7 @@ fn kernel_and_ramdisk_guest_paths() {
     libxl()
         .kernel("/boot/missing")
         .run(&img.path)
-        .expect_guest_error(&["no ext4 filesystem holding \"/boot/missing\""]);
+        .expect_guest_error(&["no filesystem holding \"/boot/missing\""]);
 }
 
 /// A 2 MiB + 1 byte kernel spans several transfer frames; a 1-byte initrd

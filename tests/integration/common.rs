@@ -479,6 +479,11 @@ pub enum Layout {
     MbrLogical,
     /// GPT; partition 1 is an (empty) EFI system partition, 2 the system.
     Gpt,
+    /// MBR; partition 1 is a small root filesystem whose `/nix` is an
+    /// empty mount point, partition 2 is the guest's `/nix` on its own
+    /// (its root holds `store/` and `var/nix/profiles/`), as impermanence
+    /// and tmpfs-root setups lay it out.
+    NixPartition,
 }
 
 impl Tree {
@@ -752,6 +757,13 @@ impl Tree {
                         6144 + fs_sectors + 2048,
                         1,
                     ),
+                    Layout::NixPartition => (
+                        format!(
+                            "label: dos\nlabel-id: 0x6e697863\nstart=2048, size=8192, type=83, bootable\nstart=10240, size={fs_sectors}, type=83\n"
+                        ),
+                        10240 + fs_sectors + 2048,
+                        1,
+                    ),
                     Layout::Bare => unreachable!(),
                 };
                 create_sparse(&path, disk_sectors * 512);
@@ -781,10 +793,31 @@ impl Tree {
                     }
                     .run(&path, ds * 512, dn * 512, &decoy);
                 }
+                if layout == Layout::NixPartition {
+                    // The root filesystem: /etc, and /nix an empty mount point.
+                    let root = dir.path().join("root");
+                    fs::create_dir_all(root.join("nix")).unwrap();
+                    fs::create_dir_all(root.join("etc")).unwrap();
+                    fs::write(root.join("etc/fstab"), "/dev/xvda2 /nix ext4 defaults 0 2\n").unwrap();
+                    let (rs, rn) = parts[0];
+                    Mke2fs {
+                        bs: BlockSize::K1,
+                        inodes: 64,
+                        features: None,
+                        label: "root",
+                        uuid: "6e697862-6f6f-7400-0000-000000000003",
+                    }
+                    .run(&path, rs * 512, rn * 512, &root);
+                }
                 start * 512
             }
         };
-        opts.run(&path, fs_offset, fs_len, &tree);
+        // The /nix filesystem holds the tree's nix/ at its own root.
+        let fs_tree = match layout {
+            Layout::NixPartition => tree.join("nix"),
+            _ => tree.clone(),
+        };
+        opts.run(&path, fs_offset, fs_len, &fs_tree);
         Some(Image {
             path,
             tree,

@@ -127,7 +127,7 @@ fn superblock_geometry_asks_for_billions_of_group_descriptors() {
     }
     const SB: u64 = 1024;
     let tree = || one_gen(Style::Legacy).mke2fs_features("^metadata_csum");
-    let profile = "no ext4 filesystem holding \"/nix/var/nix/profiles/system\" (whole disk: corrupt ext4 superblock:";
+    let profile = "no filesystem holding \"/nix/var/nix/profiles/system\" (whole disk: corrupt ext4 superblock:";
     // blocks_count 2^32-1, blocks_per_group 1: 4.29e9 groups.
     let Some(img) = tree().image(Layout::Bare, BlockSize::K1) else {
         return;
@@ -301,7 +301,8 @@ fn kernel_symlink_climbing_to_etc_shadow_stays_in_the_guest() {
         let copied = fs::read(&booted.kernel).unwrap();
         assert!(dom0_shadow.as_ref() != Some(&copied), "dom0's /etc/shadow was copied");
         assert!(
-            ran.console.contains("nixboot: kernel /etc/shadow (100000 bytes; boots as Xen pv)"),
+            ran.console
+                .contains("nixboot: kernel /etc/shadow (100000 bytes; boots as Xen pv)"),
             "{}",
             ran.console
         );

@@ -9,6 +9,8 @@
 //! * `profiles`: `nixos-rebuild -p` profiles (`--profile`, `list`, the
 //!   menu, an installed default in a profile) and GRUB titles for `--entry`.
 //! * `xen_modes`: PV and PVH kernels, `--domain-type`, `--unpack-kernel`.
+//! * `nix_partition`: `/nix` on its own filesystem (impermanence, tmpfs
+//!   roots): the guest's `/nix` paths map into it.
 //! * `hostile`: crafted images under an address-space cap: a clear error
 //!   or a safe result, quickly, never a crash, the image unchanged.
 
@@ -19,6 +21,7 @@ mod cli_compat;
 mod common;
 mod generations;
 mod hostile;
+mod nix_partition;
 mod profiles;
 mod readers;
 mod xen_modes;

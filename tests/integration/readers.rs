@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::rc::Rc;
 
 use nixboot::disk::{BlockSource, Disk, Window};
-use nixboot::guestfs::{GuestFs, Kind};
+use nixboot::fs::{Ext4Fs, GuestFs, Kind, Mount};
 
 use crate::common::{BlockSize, Image, Layout, Style, Tree, libxl};
 
@@ -83,9 +83,11 @@ fn sha256(b: &[u8]) -> String {
 
 /// Walk the image with both readers; return the fast reader's name.
 fn both_agree(img: &Image) -> &'static str {
-    let fast = GuestFs::open(window(img)).unwrap();
-    let view = GuestFs::open_with_ext4_view(window(img)).unwrap();
-    assert_eq!(view.reader(), "ext4-view");
+    let fast_fs = Rc::new(Ext4Fs::open(window(img)).unwrap());
+    let view_fs = Ext4Fs::open_with_ext4_view(window(img)).unwrap();
+    assert_eq!(view_fs.reader(), "ext4-view");
+    let fast = GuestFs::new(fast_fs.clone(), Mount::Root);
+    let view = GuestFs::new(Rc::new(view_fs), Mount::Root);
     let file = fs::File::open(&img.path).unwrap();
     let (mut a, mut b) = (Vec::new(), Vec::new());
     walk(&fast, &file, b"/", 0, &mut a);
@@ -95,7 +97,7 @@ fn both_agree(img: &Image) -> &'static str {
         let diff: Vec<_> = a.iter().zip(&b).filter(|(x, y)| x != y).take(5).collect();
         panic!("the readers disagree ({} vs {} entries): {diff:#?}", a.len(), b.len());
     }
-    fast.reader()
+    fast_fs.reader()
 }
 
 /// Generations, a specialisation, a store directory of 3,000 entries whose
@@ -164,10 +166,10 @@ fn inline_data_is_read_by_the_fast_reader() {
         return;
     };
     assert!(
-        GuestFs::open_with_ext4_view(window(&img)).is_err(),
+        Ext4Fs::open_with_ext4_view(window(&img)).is_err(),
         "ext4-view now reads inline_data: compare both"
     );
-    let fast = GuestFs::open(window(&img)).unwrap();
+    let fast = GuestFs::open_ext4(window(&img)).unwrap();
     let file = fs::File::open(&img.path).unwrap();
     let mut lines = Vec::new();
     walk(&fast, &file, b"/", 0, &mut lines);
@@ -229,7 +231,7 @@ fn a_journal_needing_recovery_is_left_to_ext4_view() {
 /// and with a two-level index (1 KiB blocks).
 #[test]
 fn htree_lookups_find_every_name() {
-    use nixboot::guestfs::FsError;
+    use nixboot::fs::FsError;
     if !crate::common::have(&["e2fsck", "tune2fs"]) {
         return;
     }
@@ -264,7 +266,7 @@ fn htree_lookups_find_every_name() {
             .collect();
         assert_eq!(names.len(), 3000);
         for n in &names {
-            let fs = GuestFs::open(window(&img)).unwrap();
+            let fs = GuestFs::open_ext4(window(&img)).unwrap();
             let m = fs.lstat(format!("/nix/store/crowded/{n}").as_bytes()).unwrap();
             assert_eq!(m.kind(), Kind::File, "{n}");
             let len = fs::metadata(img.tree.join("nix/store/crowded").join(n)).unwrap().len();

@@ -103,7 +103,7 @@ copy_deps "$nixboot"
 install -m 0755 "$here/dom0-init" init
 install -m 0644 "$here"/domains/*.cfg "$here/scenarios" etc/xen/e2e/
 install -m 0755 "$here/rebuild-switch" etc/xen/e2e/
-mv "$out/nixos.img" "$out/hostile.img" "$out/system-2.closure" e2e/
+mv "$out"/*.img "$out/system-2.closure" e2e/
 cp "$out/switch.env" e2e/
 echo "dom0 root: $(du -sh "$R" | cut -f1)"
 find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet | gzip -1 > "$out/dom0.cpio.gz"

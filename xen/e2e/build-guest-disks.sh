@@ -10,6 +10,7 @@
 #                     toplevel and its initrd): what rebuild-switch imports into the disk
 #                     before scenario b, as `nixos-rebuild switch` brings a new system in.
 #   switch.env        for rebuild-switch: the partition's byte offset and system 2's path.
+#   nixos-split.img   system 1 again, /nix on its own partition (2), root on partition 1
 #   hostile.img       hand-made with `mke2fs -d` (MBR + ext4), the same shape with fake store
 #                     paths: generation 2 (current) has "x\u0000kernel /etc/shadow" in
 #                     boot.json's kernelParams, generation 1 a newline injection.
@@ -86,6 +87,24 @@ offset=$(sfdisk -d "$out/nixos.img" | sed -n 's/.*start= *\([0-9]*\),.*/\1/p' | 
 offset=$((offset * 512))
 [ "$offset" -gt 0 ] || { echo "build-guest-disks: no partition in nixos.img" >&2; exit 1; }
 
+# nixos-split.img: the same system 1 with /nix on its own partition (impermanence, tmpfs
+# roots): partition 1 a small root filesystem whose /nix is an empty mount point, partition 2
+# the guest's /nix (its root holds store/ and var/nix/), made from nixos.img's /nix.
+psize=$(sfdisk -d "$out/nixos.img" | sed -n 's/.*size= *\([0-9]*\),.*/\1/p' | head -1)
+dd if="$out/nixos.img" of="$work/nixos-fs.img" bs=512 skip=$((offset / 512)) count="$psize" status=none
+mkdir -p "$work/split-nix" "$work/split-root/nix" "$work/split-root/etc"
+debugfs -R "rdump /nix $work/split-nix" "$work/nixos-fs.img" 2>/dev/null
+printf '/dev/xvda2 /nix ext4 defaults 0 2\n' > "$work/split-root/etc/fstab"
+rm -f "$work/nixos-fs.img" "$out/nixos-split.img"
+nix_kib=$(du -sk "$work/split-nix/nix" | cut -f1)
+nix_kib=$((nix_kib + nix_kib / 2 + 8192))
+truncate -s $(((8192 + 1024 + nix_kib + 1024) * 1024)) "$out/nixos-split.img"
+printf 'label: dos\nstart=2048, size=16384, type=83, bootable\nstart=18432, type=83\n' |
+  sfdisk -q "$out/nixos-split.img"
+mke2fs -q -t ext4 -b 4096 -L root -E offset=1048576 -d "$work/split-root" "$out/nixos-split.img" 8192k
+mke2fs -q -t ext4 -b 4096 -L nix -E offset=$((18432 * 512)) -d "$work/split-nix/nix" "$out/nixos-split.img" "${nix_kib}k"
+rm -rf "$work/split-nix" "$work/split-root"
+
 # system 2: the store paths system 1's closure lacks, in nix-store --export's format (the one
 # nix-copy-closure used), ready for nix-store --import into the disk's store.
 mapfile -t new_paths < <(LC_ALL=C comm -13 <(nix-store -qR "$G1" | LC_ALL=C sort) \
@@ -139,4 +158,68 @@ truncate -s $(((kib + 1024) * 1024)) "$out/hostile.img"
 printf 'label: dos\nstart=2048, type=83, bootable\n' | sfdisk -q "$out/hostile.img"
 mke2fs -q -t ext4 -b 4096 -L nixos -E offset=1048576 -d "$t" "$out/hostile.img" "${kib}k"
 
-ls -l "$out/nixos.img" "$out/system-2.closure" "$out/hostile.img"
+# A plain NixOS-shaped tree in DIR, one generation N of a hand-made system (Debian's kernel,
+# initrd 1, parameters console=hvc0 loglevel=4 nixboot.gen=N); prints its toplevel.
+plain_tree() { # dir n tag
+  local t=$1 n=$2 g
+  g=$S/$(hash "$3-system-$n")-nixos-system-$3-24.11.$n
+  mkdir -p "$t$HK" "$t$HI1" "$t/nix/var/nix/profiles"
+  cp "$GUEST_KERNEL" "$t$HK/bzImage"
+  cp "$work/initrd-1" "$t$HI1/initrd"
+  toplevel "$t" "$g" "$n" "$HI1" "\"console=hvc0\",\"loglevel=4\",\"nixboot.gen=$n\"" "console=hvc0 loglevel=4 nixboot.gen=$n"
+  ln -s "$g" "$t/nix/var/nix/profiles/system-$n-link"
+  ln -s "system-$n-link" "$t/nix/var/nix/profiles/system"
+  echo "$g"
+}
+
+# btrfs.img: GPT, one btrfs partition laid out as the NixOS manual's install guides do:
+# subvolumes @ (the root; its nix/ an empty mount point) and @nix (the guest's /nix), the
+# store written with compress-force=zstd. Generation 7. Needs root, loop devices and btrfs.
+GB=$(plain_tree "$work/btrfs-tree" 7 btrfs)
+rm -f "$out/btrfs.img"
+truncate -s 128M "$out/btrfs.img"
+printf 'label: gpt\nstart=2048, type=0FC63DAF-8483-4772-8E79-3D69DE477C4D\n' | sfdisk -q "$out/btrfs.img"
+# (a loop device over the partition itself: partition device nodes need udev)
+loop=$(losetup -f --show -o 1048576 "$out/btrfs.img")
+mnt=$work/btrfs-mnt
+mkdir -p "$mnt"
+{
+  mkfs.btrfs -q -f -L nixos "$loop" >/dev/null &&
+    mount "$loop" "$mnt" &&
+    btrfs -q subvolume create "$mnt/@" && btrfs -q subvolume create "$mnt/@nix" &&
+    mkdir -p "$mnt/@/nix" "$mnt/@/etc" && umount "$mnt" &&
+    mount -o subvol=@nix,compress-force=zstd "$loop" "$mnt" &&
+    cp -a "$work/btrfs-tree/nix/." "$mnt/" && umount "$mnt"
+} || { umount "$mnt" 2>/dev/null; losetup -d "$loop"; echo "build-guest-disks: cannot build btrfs.img" >&2; exit 1; }
+losetup -d "$loop"
+rm -rf "$work/btrfs-tree"
+
+# lvm.img: MBR, partition 1 an LVM2 physical volume (type 8e) of volume group nbe2e, whose
+# linear logical volume root holds the NixOS ext4 (generation 8). LVM runs on a loop device
+# with a private configuration; the volume is created inactive and the filesystem written to
+# its extents where LVM reports them, so no device-mapper or udev is involved.
+GL=$(plain_tree "$work/lvm-tree" 8 lvm)
+rm -f "$out/lvm.img"
+truncate -s 64M "$out/lvm.img"
+printf 'label: dos\nstart=2048, type=8e\n' | sfdisk -q "$out/lvm.img"
+export LVM_SYSTEM_DIR=$work/lvm-conf LVM_SUPPRESS_FD_WARNINGS=1
+mkdir -p "$LVM_SYSTEM_DIR"
+# (global/activation = 0: LVM never touches device-mapper, which a CI sandbox may lack)
+printf 'devices {\n filter = [ "a|^/dev/loop|", "r|.*|" ]\n obtain_device_list_from_udev = 0\n use_devicesfile = 0\n}\nglobal {\n activation = 0\n}\nbackup {\n backup = 0\n archive = 0\n}\n' > "$LVM_SYSTEM_DIR/lvm.conf"
+loop=$(losetup -f --show -o 1048576 "$out/lvm.img")
+pe_start= first_pe=
+if pvcreate -q "$loop" >/dev/null && vgcreate -q -s 1m nbe2e "$loop" >/dev/null &&
+  lvcreate -q -an -Zn -L 40m -n root nbe2e >/dev/null; then
+  pe_start=$(pvs --noheadings --units b --nosuffix -o pe_start "$loop" | tr -d ' ')
+  first_pe=$(lvs --noheadings -o seg_pe_ranges nbe2e/root | sed 's/.*:\([0-9]*\)-.*/\1/' | tr -d ' ')
+fi
+losetup -d "$loop"
+unset LVM_SYSTEM_DIR LVM_SUPPRESS_FD_WARNINGS
+case $pe_start$first_pe in
+  '' | *[!0-9]*) echo "build-guest-disks: cannot build lvm.img (pe_start=$pe_start first_pe=$first_pe)" >&2; exit 1 ;;
+esac
+mke2fs -q -t ext4 -b 4096 -L nixos -E offset=$((1048576 + pe_start + first_pe * 1048576)) \
+  -d "$work/lvm-tree" "$out/lvm.img" 40m
+rm -rf "$work/lvm-tree"
+printf 'GB=%s\nGL=%s\n' "$GB" "$GL" >> "$out/expect.env"
+ls -l "$out"/*.img "$out/system-2.closure"

@@ -16,6 +16,7 @@
 #        E2E_VERBOSE=1      stream the whole serial console, not just the key lines
 #        E2E_LOG=file       copy the timestamped serial log there
 #        E2E_KEEP=1         keep the temporary work directory
+#        E2E_CPU=model      QEMU's -cpu (default qemu64); PVH needs SVM: qemu64,+svm,+npt
 # Exit status: 0 if scenarios a-e all pass (f is informational), 1 otherwise.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -129,8 +130,9 @@ if start < 0:
 open(sys.argv[2], "wb").write(lzma.LZMADecompressor().decompress(data[start:]))
 EOF
 # dom0_mem: the initramfs (~72 MB packed, with Nix and its libraries for rebuild-switch) must
-# unpack (~145 MB) beside itself and the kernel's early reservations; 512M is too little
-xen_cmdline="dom0_mem=768M,max:768M dom0_max_vcpus=2 bootscrub=0 console=com1 com1=115200,8n1"
+# unpack (~145 MB) beside itself and the kernel's early reservations; 512M is too little. The
+# guest disks ride in it too (sparse on the host, ~300 MB unpacked: btrfs, LVM, split /nix)
+xen_cmdline="dom0_mem=1280M,max:1280M dom0_max_vcpus=2 bootscrub=0 console=com1 com1=115200,8n1"
 xen_cmdline="$xen_cmdline loglvl=all guest_loglvl=all noreboot"
 # QEMU -initrd separates modules with ',': the dom0 command line must not contain one
 only=${E2E_ONLY:+e2e.only=$(echo "$E2E_ONLY" | tr ',' ':')}
@@ -140,7 +142,7 @@ rm -f "$W/serial.fifo"
 mkfifo "$W/serial.fifo"
 python3 "$here/serial-log.py" "$log" ${E2E_VERBOSE:+all} < "$W/serial.fifo" &
 log_pid=$!
-timeout --foreground -k 10 "$(left)" qemu-system-x86_64 -accel tcg -cpu qemu64 -smp 2 -m 1536M \
+timeout --foreground -k 10 "$(left)" qemu-system-x86_64 -accel tcg -cpu "${E2E_CPU:-qemu64}" -smp 2 -m 2048M \
   -display none -monitor none -serial stdio -no-reboot \
   -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
   -kernel "$out/xen" -append "$xen_cmdline" \
@@ -193,6 +195,14 @@ booted() { # scn gen extra
     has_line "[guest $1] NIXBOOT-E2E-STAGE2 generation=$2 toplevel=$g"
   dom0_clean "$1"
 }
+plain_booted() { # scn gen toplevel extra: a hand-made NixOS disk (initrd 1, no stage 2 mount)
+  need "$1" "xl create succeeded" has_re "^@@ \[dom0 [0-9.]+s\] XL-CREATE-EXIT $1 rc=0 "
+  need "$1" "libxl ran nixboot" has_re "^\[xl $1\] .*executing bootloader: /usr/bin/nixboot\$"
+  need "$1" "the guest booted generation $2" has_line "[guest $1] NIXBOOT-E2E-BOOTED gen=$2 initrd=initrd-1 init=$3/init"
+  need "$1" "the guest's command line is init= + kernelParams + extra=" \
+    has_line "[guest $1] NIXBOOT-E2E-CMDLINE init=$3/init console=hvc0 loglevel=4 nixboot.gen=$2 nixboot.e2e.extra=$4"
+  dom0_clean "$1"
+}
 refused() { # scn escaped-value
   need "$1" "xl create failed" has_re "^@@ \[dom0 [0-9.]+s\] XL-CREATE-EXIT $1 rc=[1-9][0-9]* "
   need "$1" "libxl reported the bootloader failure" has_re "^\[xl $1\] .*bootloader failed - consult logfile"
@@ -203,7 +213,10 @@ refused() { # scn escaped-value
 }
 
 declare -A result
-for scn in a b c e1 e2 d; do
+SCENARIOS="a b c e1 e2 n k l p d"
+hvm=no
+has_re "^@@ \[dom0 [0-9.]+s\] XEN-VIRT-CAPS .*\bhvm\b" && hvm=yes
+for scn in $SCENARIOS; do
   if [ -n "${E2E_ONLY:-}" ] && [[ ",$E2E_ONLY," != *",$scn,"* ]]; then
     result[$scn]=SKIPPED
     continue
@@ -230,6 +243,31 @@ for scn in a b c e1 e2 d; do
       c)
         booted c 1 rollback
         need c "libxl passed --entry=1" has_re "^\[xl c\] .* bootloader arg: --entry=1\$"
+        ;;
+      n)
+        booted n 1 split
+        need n "nixboot found the system on partition 2, the guest's /nix" \
+          has_re "^\[blog n\] nixboot: booting .* from MBR partition 2 \(type 0x83, offset [0-9]+\), the guest's /nix: "
+        need n "the guest mounted partition 2 at /nix" has_line "[guest n] NIXBOOT-E2E-NIX-PARTITION xvda2"
+        ;;
+      k)
+        plain_booted k 7 "$GB" btrfs
+        need k "nixboot read the btrfs subvolume @nix as the guest's /nix" \
+          has_re "^\[blog k\] nixboot: booting .* from GPT partition 1 \(offset 1048576\), btrfs subvolume @nix .*the guest's /nix: "
+        ;;
+      l)
+        plain_booted l 8 "$GL" lvm
+        need l "nixboot found the system in the logical volume" \
+          has_re "^\[blog l\] nixboot: booting .* from LVM logical volume nbe2e/root "
+        ;;
+      p)
+        if [ "$hvm" = no ]; then
+          result[p]="INFO"
+          pvh_why="Xen reports no hvm in virt_caps under QEMU -cpu ${E2E_CPU:-qemu64}: no PVH domain can start"
+          continue
+        fi
+        booted p 2 pvh
+        need p "the guest runs as a PVH domain" has_re "^\[guest p\] NIXBOOT-E2E-HYPERVISOR xen PVH "
         ;;
       e1) refused e1 '"x\0kernel /etc/shadow"' ;;
       e2) refused e2 '"x\nramdisk /etc/shadow"' ;;
@@ -261,10 +299,11 @@ tag_at() { sed -nE "s/^\[ *([0-9.]+)\] \[$1\] .*($2).*/\1/p" "$log" | head -1; }
 span() { [ -n "$1" ] && [ -n "$2" ] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }' || echo "?"; }
 echo
 say "results:"
-for scn in a b c e1 e2 d; do
+for scn in $SCENARIOS; do
   printf '  %-3s %-7s %s\n' "$scn" "${result[$scn]}" "$(sed -n "s/^$scn  *[^ ]*  *[^ ]*  *//p" "$here/scenarios")"
 done
 printf '  %-3s %-7s %s\n' f INFO "pygrub on the NixOS disk: $pygrub"
+[ -z "${pvh_why:-}" ] || say "p: $pvh_why"
 for f in "${fails[@]}"; do say "FAILED check: $f"; done
 echo
 say "timings (host wall clock, $(nproc) CPUs, load average now $(cut -d' ' -f1-3 /proc/loadavg)):"
@@ -276,7 +315,7 @@ printf '  %-34s %7ss\n' "dom0 done -> QEMU exit" "$(span "$(at DOM0-DONE)" "$qem
 # it (exec -> exit); guest boot (xl create done -> the guest's first report line); guest
 # poweroff -> domain torn down
 printf '  %-12s %7s %7s %10s %10s %10s %9s\n' scenario total before "xl create" bootloader "guest boot" teardown
-for scn in a b c e1 e2 d f; do
+for scn in $SCENARIOS f; do
   s=$(at "SCENARIO-START $scn ")
   [ -n "$s" ] || continue
   b=$(at "BEFORE-EXIT $scn ")
