@@ -91,6 +91,16 @@ pub struct ImageArgs {
     /// Domain vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1, requires = "domain_config")]
     pub vcpus: u32,
+    /// Domain type in the config: pv, or pvh (the kernel must be built
+    /// with CONFIG_XEN_PVH; NixOS's are).
+    #[arg(
+        long = "type",
+        value_enum,
+        value_name = "TYPE",
+        default_value = "pv",
+        requires = "domain_config"
+    )]
+    pub guest_type: crate::kernel::XenMode,
     /// Replace an existing output image (and domain config).
     #[arg(long)]
     pub force: bool,
@@ -117,6 +127,7 @@ impl ImageArgs {
             name: self.name.clone(),
             memory: self.memory,
             vcpus: self.vcpus,
+            guest_type: self.guest_type,
             force: self.force,
         }
     }

@@ -385,7 +385,7 @@ fn mbr_image_checks_boots_and_rebuilds_bit_identical() {
         "memory = 768",
         "type = \"pv\"",
         &format!("bootloader = \"{BIN}\""),
-        "#bootloader_args = [\"--entry=N\"]",
+        "bootloader_args = [\"--domain-type=pv\"]",
         &format!("disk = ['format=raw,vdev=xvda,access=rw,target={}']", img.display()),
     ] {
         assert!(c.contains(want), "{want} not in\n{c}");
@@ -413,11 +413,17 @@ fn gpt_and_bare_filesystem() {
     let d = outdir();
     for table in ["gpt", "none"] {
         let img = d.path().join(format!("{table}.img"));
-        run(&mut image_cmd(
+        let cfg = d.path().join(format!("{table}.cfg"));
+        run(image_cmd(
             f,
             &img,
-            &["--partition-table", table, "--label", "ROOTFS"],
-        ));
+            &["--partition-table", table, "--label", "ROOTFS", "--type", "pvh"],
+        )
+        .arg("--domain-config")
+        .arg(&cfg));
+        let c = fs::read_to_string(&cfg).unwrap();
+        assert!(c.contains("type = \"pvh\"\n"), "{c}");
+        assert!(c.contains("bootloader_args = [\"--domain-type=pvh\"]\n"), "{c}");
         let off = partition_offset(table);
         run(Command::new("e2fsck").arg("-fn").arg(dev(&img, off)));
         let sb = run(Command::new("dumpe2fs").arg("-h").arg(dev(&img, off)));

@@ -1,4 +1,6 @@
-//! The xl domain config written by `--domain-config`.
+//! The xl domain config written by `--domain-config`: a PV domain, or with
+//! `--type pvh` a PVH one (libxl runs the bootloader for both; nixboot
+//! checks the kernel for the mode named in `bootloader_args`).
 
 use std::path::Path;
 
@@ -13,6 +15,8 @@ pub struct Domain<'a> {
     pub memory: u64,
     /// Virtual CPUs.
     pub vcpus: u32,
+    /// `type = "pv"` or `"pvh"`.
+    pub guest_type: crate::kernel::XenMode,
     /// Absolute path of this nixboot (the bootloader).
     pub bootloader: &'a Path,
     /// Absolute path of the image.
@@ -39,20 +43,27 @@ pub fn render(d: &Domain<'_>) -> Result<String, Error> {
     let name = xl_string("--name", d.name)?;
     let boot = xl_string("the nixboot path", path_str("the nixboot path", d.bootloader)?)?;
     let image = xl_string("the image path", path_str("the image path", d.image)?)?;
+    let (what, ty) = match d.guest_type {
+        crate::kernel::XenMode::Pv => ("PV", "pv"),
+        crate::kernel::XenMode::Pvh => ("PVH", "pvh"),
+    };
     // A disk spec is comma-separated: the target must come last, and may
     // then hold commas, but not the quote that ends the string.
     Ok(format!(
-        "# Xen PV domain for {image}\n\
+        "# Xen {what} domain for {image}\n\
          # written by `nixboot image`; start it with `xl create <this file>`.\n\
          name = \"{name}\"\n\
-         type = \"pv\"\n\
+         type = \"{ty}\"\n\
          memory = {memory}\n\
          vcpus = {vcpus}\n\
          \n\
          # nixboot reads the guest's NixOS generations like pygrub reads grub.cfg.\n\
          bootloader = \"{boot}\"\n\
+         # libxl does not tell nixboot the domain type: name it, so a kernel\n\
+         # without this mode's entry point is refused before libxl tries it.\n\
+         bootloader_args = [\"--domain-type={ty}\"]\n\
          # Roll back: boot generation N instead of the current one.\n\
-         #bootloader_args = [\"--entry=N\"]\n\
+         #bootloader_args = [\"--domain-type={ty}\", \"--entry=N\"]\n\
          \n\
          disk = ['format=raw,vdev=xvda,access=rw,target={image}']\n",
         memory = d.memory,
@@ -70,6 +81,7 @@ mod tests {
             name: "web",
             memory: 2048,
             vcpus: 2,
+            guest_type: crate::kernel::XenMode::Pv,
             bootloader: Path::new("/usr/bin/nixboot"),
             image: Path::new("/srv/xen/web.img"),
         };
@@ -80,11 +92,20 @@ mod tests {
             "memory = 2048\n",
             "vcpus = 2\n",
             "bootloader = \"/usr/bin/nixboot\"\n",
-            "#bootloader_args = [\"--entry=N\"]\n",
+            "bootloader_args = [\"--domain-type=pv\"]\n",
+            "#bootloader_args = [\"--domain-type=pv\", \"--entry=N\"]\n",
             "disk = ['format=raw,vdev=xvda,access=rw,target=/srv/xen/web.img']\n",
         ] {
             assert!(s.contains(want), "{want:?} missing from\n{s}");
         }
+        let pvh = render(&Domain {
+            guest_type: crate::kernel::XenMode::Pvh,
+            ..d.clone()
+        })
+        .unwrap();
+        assert!(pvh.starts_with("# Xen PVH domain for /srv/xen/web.img\n"), "{pvh}");
+        assert!(pvh.contains("type = \"pvh\"\n"), "{pvh}");
+        assert!(pvh.contains("bootloader_args = [\"--domain-type=pvh\"]\n"), "{pvh}");
         let bad = Domain { name: "a\"b", ..d };
         assert!(render(&bad).is_err());
     }

@@ -102,6 +102,8 @@ pub struct Options {
     pub memory: u64,
     /// Domain vCPUs.
     pub vcpus: u32,
+    /// The domain type written into the domain config.
+    pub guest_type: crate::kernel::XenMode,
     /// Replace existing output files.
     pub force: bool,
 }
@@ -545,6 +547,7 @@ pub fn run(o: &Options) -> Result<(), Error> {
             name: o.name.as_deref().unwrap_or(&default_name),
             memory: o.memory,
             vcpus: o.vcpus,
+            guest_type: o.guest_type,
             bootloader: &exe,
             image: &output,
         })?;
