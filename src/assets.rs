@@ -235,7 +235,7 @@ fn restricted() -> Vec<Block> {
             "nixboot then runs its parse child in new mount, IPC, network and UTS namespaces, chrooted into an empty read-only tmpfs, as that uid and gid with no supplementary groups, in addition to the seccomp allowlist and resource limits it always applies. There is no menu. --runas=0 is refused. The parent stays root only to open the disk and the output files. Set up the uid range once:",
         ),
         Code(
-            "adduser --system --no-create-home --uid 131072 --group xen-qemuuser-range-base\necho 'LIBXL_BOOTLOADER_RESTRICT=1' >> /etc/default/xendomains",
+            "adduser --system --no-create-home --uid 65536 --group xen-qemuuser-range-base\necho 'LIBXL_BOOTLOADER_RESTRICT=1' >> /etc/default/xendomains",
         ),
     ]
 }

@@ -293,10 +293,14 @@ pub fn modes_text(modes: &[XenMode]) -> String {
     }
 }
 
+/// Warn about an initrd secrets appender nobody will run: only a
+/// generation built without `xen/nix/guest.nix` keeps one (see
+/// [`nixos::bootspec::GUEST_EXTENSION`]); with the module NixOS already put
+/// the secrets into the initrd.
 fn secrets_warning(entry: &BootEntry) {
     if let Some(s) = &entry.initrd_secrets {
         log::warn!(
-            "this generation declares initrd secrets ({}); a dom0 loader cannot run the guest's appender, booting without them",
+            "this generation names an initrd secrets appender ({}) and was not built with nixboot's guest module (xen/nix/guest.nix); a dom0 loader cannot run the appender, so the initrd boots without those secrets",
             escape(s.as_bytes())
         );
     }

@@ -1,8 +1,9 @@
 //! Bootspec (`boot.json`, RFC 0125) parsing: bytes in, [`BootSpec`] out.
 //! Pure; guest data.
 //!
-//! Only `org.nixos.bootspec.v1` and `org.nixos.specialisation.v1` are
-//! read; every other top-level key is an extension and ignored. Nested
+//! Only `org.nixos.bootspec.v1`, `org.nixos.specialisation.v1` and
+//! nixboot's own extension [`GUEST_EXTENSION`] are read; every other
+//! top-level key is an extension and ignored. Nested
 //! specialisations are undefined by the RFC and ignored. The caller caps
 //! the input at [`crate::limits::MAX_BOOTSPEC`] bytes; here the number of
 //! kernel parameters and specialisations is capped, and serde_json's
@@ -60,12 +61,40 @@ struct Doc {
     v1: V1,
     #[serde(rename = "org.nixos.specialisation.v1", default)]
     specialisations: BTreeMap<String, SpecDoc>,
+    #[serde(rename = "org.nixboot.guest.v1", default)]
+    guest: Option<GuestExt>,
 }
 
 #[derive(Deserialize)]
 struct SpecDoc {
     #[serde(rename = "org.nixos.bootspec.v1")]
     v1: V1,
+    #[serde(rename = "org.nixboot.guest.v1", default)]
+    guest: Option<GuestExt>,
+}
+
+/// The bootspec extension `xen/nix/guest.nix` adds
+/// (`boot.bootspec.extensions`): `{"initrdSecretsInInitrd": true}` says
+/// NixOS already copied `boot.initrd.secrets` into the initrd when it
+/// built it (`boot.loader.external` leaves
+/// `boot.loader.supportsInitrdSecrets` false), so the `initrdSecrets`
+/// appender the bootspec names has nothing left to do for a boot loader.
+pub const GUEST_EXTENSION: &str = "org.nixboot.guest.v1";
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct GuestExt {
+    #[serde(default)]
+    initrd_secrets_in_initrd: bool,
+}
+
+/// Drop the appender when the guest module says the secrets are already
+/// in the initrd: only an appender a loader would have to run is kept.
+fn settle_secrets(mut v: V1, guest: Option<&GuestExt>) -> V1 {
+    if guest.is_some_and(|g| g.initrd_secrets_in_initrd) {
+        v.initrd_secrets = None;
+    }
+    v
 }
 
 /// A parsed `boot.json`: the generation and its specialisations.
@@ -94,10 +123,10 @@ pub fn parse(bytes: &[u8]) -> Result<BootSpec, BootspecError> {
     let mut specialisations = BTreeMap::new();
     for (name, s) in doc.specialisations {
         check(&s.v1)?;
-        specialisations.insert(name, s.v1);
+        specialisations.insert(name, settle_secrets(s.v1, s.guest.as_ref()));
     }
     Ok(BootSpec {
-        v1: doc.v1,
+        v1: settle_secrets(doc.v1, doc.guest.as_ref()),
         specialisations,
     })
 }
@@ -145,6 +174,28 @@ mod tests {
         let d = &b.specialisations["debug"];
         assert_eq!(d.initrd, None);
         assert_eq!(d.kernel_params, ["console=hvc0", "loglevel=7"]);
+    }
+
+    #[test]
+    fn initrd_secrets_matter_only_without_the_guest_module() {
+        let with = |ext: &str| {
+            SAMPLE.replace(
+                "\"kernel\": \"/nix/store/ccc-linux-6.12.31/bzImage\",",
+                "\"kernel\": \"/nix/store/ccc-linux-6.12.31/bzImage\", \"initrdSecrets\": \"/nix/store/eee/bin/append-initrd-secrets\",",
+            )
+            .replace("\"org.nixos.systemd-boot\"", &format!("{ext}\"org.nixos.systemd-boot\""))
+        };
+        let b = parse(with("").as_bytes()).unwrap();
+        assert_eq!(
+            b.v1.initrd_secrets.as_deref(),
+            Some("/nix/store/eee/bin/append-initrd-secrets")
+        );
+        let b = parse(with(r#""org.nixboot.guest.v1": {"initrdSecretsInInitrd": true}, "#).as_bytes()).unwrap();
+        assert_eq!(b.v1.initrd_secrets, None);
+        let b =
+            parse(with(r#""org.nixboot.guest.v1": {"initrdSecretsInInitrd": false, "x": 1}, "#).as_bytes()).unwrap();
+        assert!(b.v1.initrd_secrets.is_some());
+        assert!(parse(with(r#""org.nixboot.guest.v1": {"initrdSecretsInInitrd": "yes"}, "#).as_bytes()).is_err());
     }
 
     #[test]

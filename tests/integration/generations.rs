@@ -209,3 +209,49 @@ fn no_menu_when_quiet_or_restricted() {
     ran.expect_boot().assert_entry(&img, img.entry(3), None);
     assert!(!ran.console.contains("NixOS generations"), "{}", ran.console);
 }
+
+#[test]
+fn initrd_secrets_warning_only_without_the_guest_module() {
+    use crate::common::{BOOTSPEC_MARKER, initrd_of, toplevel_of};
+    // Generation 1's boot.json names an initrdSecrets appender; with the
+    // guest module's extension the secrets are already in the initrd.
+    let boot_json = |ext: Option<bool>| {
+        let top = toplevel_of(1, None);
+        let mut v = serde_json::json!({
+            "org.nixos.bootspec.v1": {
+                "init": format!("{top}/init"),
+                "initrd": initrd_of(1, None),
+                "initrdSecrets": "/nix/store/00000000000000000000000000000000-append-initrd-secrets/bin/append-initrd-secrets",
+                "kernel": kernel_of(1),
+                "kernelParams": ["console=hvc0", "gen=1", BOOTSPEC_MARKER],
+                "label": "NixOS",
+                "system": "x86_64-linux",
+                "toplevel": top,
+            },
+        });
+        if let Some(b) = ext {
+            v["org.nixboot.guest.v1"] = serde_json::json!({ "initrdSecretsInInitrd": b });
+        }
+        (format!("{top}/boot.json"), v.to_string())
+    };
+    for (ext, warns) in [(None, true), (Some(false), true), (Some(true), false)] {
+        let (path, doc) = boot_json(ext);
+        let Some(img) = Tree::nixos()
+            .generation(1, Style::Bootspec)
+            .current(1)
+            .file(&path, doc)
+            .image(Layout::Bare, BlockSize::K4)
+        else {
+            return;
+        };
+        let ran = libxl().run(&img.path);
+        ran.expect_boot().assert_entry(&img, img.entry(1), None);
+        assert_eq!(
+            ran.console
+                .contains("names an initrd secrets appender (\"/nix/store/00000000000000000000000000000000-append-initrd-secrets/bin/append-initrd-secrets\") and was not built with nixboot's guest module"),
+            warns,
+            "{ext:?}: {}",
+            ran.console
+        );
+    }
+}

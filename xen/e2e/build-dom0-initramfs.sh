@@ -86,10 +86,10 @@ for m in xen-privcmd xenfs xen-evtchn xen-gntdev xen-gntalloc xen-blkback loop \
   mkdir -p "$R$(dirname "$p")"
   cp "$p" "$R$p"
 done
-# users: xen-qemuuser-range-base makes libxl's restricted mode pass --runas=131072+domid
+# users: xen-qemuuser-range-base makes libxl's restricted mode pass --runas=65536+domid (65536: outside every subuid range, see xen/nix/dom0.nix)
 printf '%s\n' 'root:x:0:0:root:/root:/bin/sh' \
-  'xen-qemuuser-range-base:x:131072:131072:Xen restricted bootloaders:/nonexistent:/bin/false' > etc/passwd
-printf '%s\n' 'root:x:0:' 'xen-qemuuser-range-base:x:131072:' > etc/group
+  'xen-qemuuser-range-base:x:65536:65536:Xen restricted bootloaders:/nonexistent:/bin/false' > etc/passwd
+printf '%s\n' 'root:x:0:' 'xen-qemuuser-range-base:x:65536:' > etc/group
 # a canary: the hostile disk tries to make libxl take /etc/shadow as its kernel (and unlink it)
 printf '%s\n' 'root:*:19000:0:99999:7:::' 'nixboot-e2e-canary:*:19000:0:99999:7:::' > etc/shadow
 chmod 0640 etc/shadow

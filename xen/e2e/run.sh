@@ -274,8 +274,8 @@ for scn in $SCENARIOS; do
       d)
         booted d 2 restricted
         domid=$(sed -n 's/^@@ \[dom0 [0-9.]*s\] XL-CREATE-EXIT d rc=[0-9]* domid=\([0-9]*\)$/\1/p' "$S")
-        need d "libxl passed --runas=<131072 + domid> --quiet" \
-          has_re "^\[xl d\] .* bootloader arg: --runas=$((131072 + ${domid:-0}))\$"
+        need d "libxl passed --runas=<65536 + domid> --quiet" \
+          has_re "^\[xl d\] .* bootloader arg: --runas=$((65536 + ${domid:-0}))\$"
         need d "libxl passed --quiet" has_re "^\[xl d\] .* bootloader arg: --quiet\$"
         ;;
     esac

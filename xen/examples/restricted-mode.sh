@@ -10,12 +10,21 @@
 # disk runs as <uid> in new mount, IPC, network and UTS namespaces, chrooted
 # into an empty read-only tmpfs, under a seccomp allowlist. There is no
 # menu. libxl refuses a uid that belongs to another user, so keep the range
-# 131072 ... 131072 + <highest domid> free.
+# 65536 ... 65536 + <highest domid> (at most 98287) free.
+#
+# Why 65536: the range must not overlap any user's subordinate uid range
+# either, or that user's rootless containers could act as a domain's boot
+# loader. useradd (Debian, SUB_UID_MIN 100000) and NixOS
+# (update-users-groups.pl) hand every new user 65536 subuids at
+# 100000 + k * 65536, so any base from 100000 up (e.g. the 131072 that
+# Xen's documentation suggests) is, or will be, some user's. Below 100000
+# the range fits above the normal users (1000-59999), systemd's dynamic
+# users (61184-65519) and nobody (65534).
 set -eu
 
 # 1. The base of the uid range (the uid is what matters; the name is fixed).
 if ! getent passwd xen-qemuuser-range-base >/dev/null; then
-  adduser --system --no-create-home --uid 131072 --group xen-qemuuser-range-base
+  adduser --system --no-create-home --uid 65536 --group xen-qemuuser-range-base
 fi
 
 # 2. Turn restricted mode on.

@@ -6,8 +6,8 @@
 # puts nixboot on the system path; domain configurations then say
 # bootloader = "/run/current-system/sw/bin/nixboot". With
 # programs.nixboot.restrictedMode.enable it also creates the user libxl's
-# restricted mode takes uids from (xen-qemuuser-range-base, uid 131072:
-# the boot loader of domain N runs as 131072 + N). Enable restricted mode
+# restricted mode takes uids from (xen-qemuuser-range-base, uid 65536: the
+# boot loader of domain N runs as 65536 + N, at most 98287). Enable restricted mode
 # itself with bootloader_restrict = 1 in the domain configuration or
 # xl.conf (Xen 4.18 and later), or LIBXL_BOOTLOADER_RESTRICT=1 in xl's
 # environment.
@@ -21,6 +21,21 @@
 let
   cfg = config.programs.nixboot;
   base = "xen-qemuuser-range-base";
+  # The uid range libxl uses is [baseUid, baseUid + 32751] (domids stay
+  # below DOMID_FIRST_RESERVED, 0x7ff0). It must belong to nobody else:
+  # libxl refuses a uid that is another user's, and a uid that lies in a
+  # user's subuid range lets that user's rootless containers act as the
+  # boot loader of a domain (signal it, ptrace it, read its files).
+  # NixOS gives every normal user an automatic subuid range at
+  # 100000 + k * 65536 (update-users-groups.pl, k = 0, 1, ... with no
+  # practical upper bound), so every uid from 100000 up may belong to one;
+  # Debian's useradd allocates the same way (SUB_UID_MIN 100000). The old
+  # base 131072 was the first user's range. The only room is below 100000:
+  # 65536 + 32751 = 98287, above NixOS's normal users (1000-29999), nixbld
+  # (30000+), systemd-homed (60001-60513), DynamicUser (61184-65519) and
+  # nobody (65534), and below every subuid range and systemd-nspawn's
+  # container uids (524288 and up).
+  baseUid = 65536;
 in
 {
   options.programs.nixboot = {
@@ -38,10 +53,10 @@ in
     lib.mkMerge [
       { environment.systemPackages = [ cfg.package ]; }
       (lib.mkIf cfg.restrictedMode.enable {
-        users.groups.${base}.gid = 131072;
+        users.groups.${base}.gid = baseUid;
         users.users.${base} = {
           isSystemUser = true;
-          uid = 131072;
+          uid = baseUid;
           group = base;
           description = "Base of the uid range for deprivileged Xen boot loaders";
         };

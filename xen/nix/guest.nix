@@ -16,8 +16,12 @@
 # Options used: boot.loader.timeout (the menu countdown in seconds; null
 # waits for a key, which nixboot bounds to 60 s) and
 # boot.loader.nixboot.configurationLimit (newest generations in the menu).
-# boot.initrd.secrets cannot work (a dom0 loader cannot run the guest's
-# secret appender) and is refused at evaluation time.
+# boot.initrd.secrets works: boot.loader.external leaves
+# boot.loader.supportsInitrdSecrets false, so NixOS copies the secrets into
+# the initrd itself when it builds it (stage-1.nix; systemd/initrd-secrets.nix
+# for systemd stage 1) -- note that this puts them in the Nix store. The
+# bootspec extension "org.nixboot.guest.v1" tells nixboot so: it warns about
+# an initrdSecrets appender only in generations built without this module.
 { config, lib, pkgs, ... }:
 
 let
@@ -54,23 +58,16 @@ in
   };
 
   config = lib.mkIf cfg.enable {
-    assertions = [
-      {
-        assertion = config.boot.initrd.secrets == { };
-        message = ''
-          boot.initrd.secrets is set (${lib.concatStringsSep ", " (lib.attrNames config.boot.initrd.secrets)}),
-          but this guest is booted by nixboot from dom0 (xen/nix/guest.nix). A
-          dom0 boot loader cannot run the guest's initrd secret appender: the
-          initrd would boot without the secrets. Remove boot.initrd.secrets,
-          or provide the secrets another way (stage 2, the network).
-        '';
-      }
-    ];
-
     boot.loader.grub.enable = false;
     boot.loader.external = {
       enable = true;
       inherit installHook;
+    };
+    # Read by nixboot from boot.json: whether boot.initrd.secrets are already
+    # in the initrd (true unless something forces supportsInitrdSecrets on,
+    # which no dom0 loader can honour).
+    boot.bootspec.extensions."org.nixboot.guest.v1" = {
+      initrdSecretsInInitrd = !config.boot.loader.supportsInitrdSecrets;
     };
 
     # What nixpkgs' virtualisation/xen-domU.nix gives a PV guest, without
