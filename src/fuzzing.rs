@@ -272,6 +272,39 @@ pub fn bootspec(data: &[u8]) {
     }
 }
 
+/// `--entry` parsing, GRUB's install-grub.pl titles included (nom).
+/// Input: the value (invalid UTF-8 replaced).
+///
+/// # Panics
+///
+/// If a parsed number or name is not in the input, or a GRUB title's
+/// parse does not agree with [`select::parse_entry`].
+pub fn entry(data: &[u8]) {
+    use crate::nixos::select::{self, EntrySpec};
+    let s = String::from_utf8_lossy(data);
+    let spec = select::parse_entry(&s);
+    match &spec {
+        EntrySpec::Generation(n) | EntrySpec::Specialisation(n, _) => {
+            assert!(s.contains(&n.to_string()), "{n} not in {s:?}");
+        }
+        EntrySpec::Name(n) => assert_eq!(n.as_str(), s.as_ref()),
+        EntrySpec::Default => assert!(s.starts_with("NixOS"), "{s:?}"),
+        EntrySpec::DefaultSpecialisation(n) | EntrySpec::Profile(Some(n)) => {
+            assert!(!n.is_empty() || matches!(spec, EntrySpec::Profile(_)), "{s:?}");
+            assert!(s.contains(n.as_str()), "{n:?} not in {s:?}");
+        }
+        EntrySpec::Profile(None) => assert_eq!(s.as_ref(), "NixOS - All configurations"),
+    }
+    if let EntrySpec::Specialisation(_, name) = &spec {
+        assert!(!name.is_empty() && s.contains(name.as_str()), "{name:?} in {s:?}");
+    }
+    if let Some(g) = select::grub_title(&s)
+        && !matches!(spec, EntrySpec::Generation(_) | EntrySpec::Specialisation(..))
+    {
+        assert_eq!(g, spec, "{s:?}");
+    }
+}
+
 /// Split `data` into a flags byte and [`FIELD_SEP`]-separated text fields
 /// (invalid UTF-8 replaced).
 fn fields(data: &[u8]) -> (u8, Vec<String>) {

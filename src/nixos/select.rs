@@ -273,6 +273,9 @@ pub fn select(fs: &GuestFs, profile: Option<&str>, spec: &EntrySpec) -> Result<(
             let g = default_generation_in(fs, profile)?;
             Ok((pick_spec(&g, name)?, g.mtime))
         }
+        EntrySpec::Profile(Some(p)) if !super::valid_profile_name(p.as_bytes()) => Err(NixosError::UnknownEntry(
+            format!("no profile {}: not a profile name", escape(p.as_bytes())),
+        )),
         EntrySpec::Profile(p) => default_generation_in(fs, p.as_deref()).map(|g| (g.entry, g.mtime)),
         EntrySpec::Name(name) => {
             let g = default_generation_in(fs, profile)?;

@@ -265,6 +265,10 @@ fn grub_titles_name_the_same_entries() {
         ran.expect_boot().assert_entry(&img, want, None);
     }
     libxl()
+        .bootloader_args(&["--entry=NixOS - Profile '../../etc'"])
+        .run(&img.path)
+        .expect_guest_error(&["no profile \"../../etc\": not a profile name"]);
+    libxl()
         .bootloader_args(&[&format!("--entry=NixOS - Configuration 7 ({})", v(1))])
         .run(&img.path)
         .expect_guest_error(&["no generation 7; generations on the disk: 2, 1"]);
