@@ -345,3 +345,23 @@ fn profiles_read_are_capped() {
         .expect_boot()
         .assert_entry(&img, img.entry(1), None);
 }
+
+#[test]
+fn profiles_on_a_nix_partition() {
+    // The same profiles with /nix on its own filesystem: system-profiles
+    // lives under /nix/var/nix/profiles, so it maps into that filesystem.
+    let Some(img) = profiles_tree().image(Layout::NixPartition, BlockSize::K4) else {
+        return;
+    };
+    let ran = libxl().bootloader_args(&["--profile=work", "--entry=3"]).run(&img.path);
+    ran.expect_boot().assert_entry(&img, img.profile_entry("work", 3), None);
+    assert!(ran.console.contains("the guest's /nix"), "{}", ran.console);
+    let v = list_json(&img);
+    let profiles: Vec<&str> = v["generations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["profile"].as_str().unwrap())
+        .collect();
+    assert_eq!(profiles, ["system", "system", "test", "work", "work", "work"]);
+}
