@@ -444,9 +444,10 @@ pub fn pick_default(fs: &GuestFs, installed: Option<&Installed>, loud: bool) -> 
 }
 
 /// `--profile=NAME` without `--entry`: that profile's current generation.
+/// `system` is the system profile (not the installed default).
 fn pick_profile(fs: &GuestFs, name: &str) -> Result<DefaultPick, Error> {
-    let g = select::default_generation_in(fs, Some(name))?;
-    let path = nixos::profile_path(Some(name));
+    let g = select::default_generation_in(fs, named_profile(name))?;
+    let path = nixos::profile_path(named_profile(name));
     let reason = match g.number {
         Some(n) => format!("--profile={name}: the profile's current generation ({path} -> {name}-{n}-link)"),
         None => format!("--profile={name}: the profile ({path})"),
@@ -496,7 +497,7 @@ fn default_or_fallback(
                 ),
             }
         }
-        Err(e) => match nixos::current_in(fs, profile) {
+        Err(e) => match nixos::current_in(fs, profile.and_then(named_profile)) {
             Ok(nixos::Current::Generation(n)) => (
                 format!("generation {n}"),
                 e.message(),
@@ -505,10 +506,10 @@ fn default_or_fallback(
                     None => format!("the system profile's current generation ({SYSTEM_PROFILE} -> system-{n}-link)"),
                     Some(p) => format!(
                         "--profile={p}: the profile's current generation ({} -> {p}-{n}-link)",
-                        nixos::profile_path(profile)
+                        nixos::profile_path(profile.and_then(named_profile))
                     ),
                 },
-                profile.map(str::to_owned),
+                profile.and_then(named_profile).map(str::to_owned),
             ),
             _ => return Err(e),
         },
@@ -586,7 +587,7 @@ pub fn plan(fs: &GuestFs, found_in: &str, req: &Request) -> Result<Plan, Error> 
         }
         Selection::Default | Selection::ProfileEntry { entry: None, .. } => {
             let profile = match &req.selection {
-                Selection::ProfileEntry { profile, .. } => named_profile(profile),
+                Selection::ProfileEntry { profile, .. } => Some(profile.as_str()),
                 _ => None,
             };
             let (entry, mtime, c, reason) = default_or_fallback(fs, req, profile)?;

@@ -199,6 +199,12 @@ fn installed_default_in_a_named_profile_is_followed() {
             .run(&img.path)
             .expect_boot()
             .assert_entry(&img, want, None);
+        // --profile=system is the system profile's current generation.
+        libxl()
+            .bootloader_args(&["--profile=system"])
+            .run(&img.path)
+            .expect_boot()
+            .assert_entry(&img, img.entry(2), None);
     }
 }
 
