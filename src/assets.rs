@@ -89,7 +89,7 @@ fn section(roff: &mut Roff, name: &str, blocks: &[Block]) {
 fn description() -> Vec<Block> {
     vec![
         P(
-            "nixboot is a Xen PV boot loader for NixOS guests that libxl runs in dom0 the way it runs pygrub: name it in a domain configuration as bootloader = \"/usr/bin/nixboot\". It opens the guest disk read-only, finds the ext4 filesystem holding the NixOS system profile (/nix/var/nix/profiles/system), follows it to the generation the guest last installed, reads that generation's boot.json (or, before NixOS 23.05, its kernel, initrd, init and kernel-params files), checks that the kernel is a Xen PV kernel, copies kernel and initrd into dom0 and hands libxl the kernel, the ramdisk and the command line init=<toplevel>/init <kernelParams> <--args>.",
+            "nixboot is a Xen PV boot loader for NixOS guests that libxl runs in dom0 the way it runs pygrub: name it in a domain configuration as bootloader = \"/usr/bin/nixboot\". It opens the guest disk read-only, finds the ext4 filesystem holding the NixOS system profile (/nix/var/nix/profiles/system), follows it to the generation the guest last installed, reads that generation's boot.json (or, before NixOS 23.05, its kernel, initrd, init and kernel-params files), checks that the kernel is a Xen PV or PVH kernel, copies kernel and initrd into dom0 and hands libxl the kernel, the ramdisk and the command line init=<toplevel>/init <kernelParams> <--args>.",
         ),
         P(
             "Without a subcommand nixboot boots (libxl's argv, below); nixboot list shows the generations on a disk. The guest disk is parsed by a confined child process; nothing on the disk is trusted.",
@@ -115,10 +115,10 @@ fn libxl() -> Vec<Block> {
 fn which() -> Vec<Block> {
     vec![
         Owned(format!(
-            "Without --entry or --kernel, nixboot boots the installed default: the toplevel recorded in {INSTALLED_FILE} by the guest's last switch-to-configuration switch or boot (the install hook of the NixOS module xen/nix/guest.nix), when that file is valid and names a generation of the system profile or a specialisation of one. This follows nixos-rebuild switch --specialisation X and system-N-link/bin/switch-to-configuration boot, where the profile alone is wrong. Otherwise (no file, an invalid file, an unknown toplevel) it boots the profile's current generation, and says why in the log."
+            "Without --entry or --kernel, nixboot boots the installed default: the toplevel recorded in {INSTALLED_FILE} by the guest's last switch-to-configuration switch or boot (the install hook of the NixOS module xen/nix/guest.nix), when that file is valid and names a generation of a profile (the system profile or a nixos-rebuild -p NAME profile) or a specialisation of one. This follows nixos-rebuild switch --specialisation X and system-N-link/bin/switch-to-configuration boot, where the profile alone is wrong. Otherwise (no file, an invalid file, an unknown toplevel) it boots the profile's current generation, and says why in the log."
         )),
         P(
-            "A generation is bootable when its kernel and initrd are regular files within the size caps and the kernel is a Xen PV kernel (an ELF, or a bzImage whose payload libxenguest can decompress, carrying Xen's ELF notes). If the default entry is not bootable, nixboot boots the newest older bootable generation and says so on the console; with --entry it never falls back. Kernels that passed the check are remembered in /var/cache/nixboot/pv-kernels.",
+            "A generation is bootable when its kernel and initrd are regular files within the size caps and the kernel is a Xen kernel (an ELF, or a bzImage whose payload libxenguest can decompress, carrying Xen's PV entry note XEN_ELFNOTE_ENTRY or its PVH one XEN_ELFNOTE_PHYS32_ENTRY; --domain-type=pv|pvh requires that mode's). If the default entry is not bootable, nixboot boots the newest older bootable generation and says so on the console; with --entry it never falls back. Kernels that passed the check are remembered in /var/cache/nixboot/pv-kernels.",
         ),
         P(
             "--entry=N boots generation N; --entry=N/NAME its specialisation NAME; --entry=NAME the default generation's specialisation NAME; --entry=TITLE the entry with that exact menu title (NixOS - Configuration N (DATE - VERSION)). An unknown entry is an error naming what exists.",
@@ -281,7 +281,7 @@ fn files() -> Vec<Block> {
         ),
         Item(
             "/nix/var/nix/profiles/system, system-N-link",
-            "In the guest: the system profile and its generations.",
+            "In the guest: the system profile and its generations; /nix/var/nix/profiles/system-profiles/NAME and NAME-N-link, the profiles of nixos-rebuild -p NAME.",
         ),
         Item(
             "/nix/var/nix/nixboot.json",
