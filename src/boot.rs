@@ -13,7 +13,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 
 use crate::cmdline;
-use crate::disk::{BlockSource, Window};
+use crate::disk::BlockSource;
 use crate::error::{Error, GuestError, escape};
 use crate::fs::{self, FsError, GuestFile, GuestFs, Mount};
 use crate::ipc::{self, EntryRef, Listed, Listing, Plan, Tag};
@@ -101,16 +101,16 @@ const NIX_FS_MARKERS: [&str; 2] = ["/nix/var/nix/profiles/system", "/nix/store"]
 /// `/nix` map into it. Returns the view and where it was found, for the
 /// console.
 pub fn open_system(src: Rc<dyn BlockSource>, offset: Option<u64>, want: &[u8]) -> Result<(GuestFs, String), Error> {
-    let candidates = part::candidates(src.as_ref(), offset)?;
+    let scan = part::scan(src.as_ref(), offset)?;
     let mut tried = Vec::new();
-    for c in candidates {
-        let Some(window) = Window::new(src.clone(), c.offset, c.len) else {
+    for c in scan.candidates {
+        let Some(window) = c.window(src.clone()) else {
             continue;
         };
         let trees = match fs::probe(window) {
             Ok(t) => t,
             Err(FsError::NotAFilesystem) => {
-                tried.push(format!("{c}: not ext4"));
+                tried.push(format!("{c}: no ext4 or btrfs filesystem"));
                 continue;
             }
             Err(e) => {
@@ -147,6 +147,8 @@ pub fn open_system(src: Rc<dyn BlockSource>, offset: Option<u64>, want: &[u8]) -
             tried.push(format!("{c}: {} without {}", root.describe(), escape(want)));
         }
     }
+    // LVM volumes that could not be read: named after what was tried.
+    tried.extend(scan.unusable.iter().map(ToString::to_string));
     let detail = if tried.is_empty() {
         "no partitions and no filesystem found".to_owned()
     } else {

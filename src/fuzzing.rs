@@ -42,14 +42,27 @@ pub fn partitions(data: &[u8]) {
     let len = BlockSource::len(&img);
     if let Ok(cands) = part::candidates(&img, None) {
         assert!(
-            cands.len() <= MAX_PARTITIONS.saturating_add(1),
+            cands.len()
+                <= MAX_PARTITIONS
+                    .saturating_add(1)
+                    .saturating_add(crate::limits::MAX_LVM_LVS),
             "{} candidates",
             cands.len()
         );
         for c in &cands {
             assert!(c.len > 0, "empty candidate {c:?}");
-            let end = c.offset.checked_add(c.len).expect("candidate end overflows");
-            assert!(end <= len, "candidate {c:?} beyond the {len}-byte disk");
+            let ranges = if c.ranges.is_empty() {
+                vec![(c.offset, c.len)]
+            } else {
+                c.ranges.clone()
+            };
+            let mut sum = 0u64;
+            for (o, n) in ranges {
+                let end = o.checked_add(n).expect("candidate end overflows");
+                assert!(end <= len, "candidate {c:?} beyond the {len}-byte disk");
+                sum = sum.checked_add(n).expect("candidate length overflows");
+            }
+            assert_eq!(sum, c.len, "candidate {c:?}: ranges and length disagree");
             let _ = c.to_string();
             let _ = part::has_ext_magic(&img, c.offset);
         }
@@ -500,5 +513,120 @@ fn ext4_walk(
             }
             Kind::Special => {}
         }
+    }
+}
+
+/// A disk image holding one LVM2 physical volume (label in sector 1, a
+/// metadata area at 4 KiB with `text` in it, 60 KiB or as large as the
+/// text needs, checksums right, PV uuid [`LVM_PV_UUID`]), `len` bytes long
+/// (or as long as the area needs). The text says where the extents are. For tests and the `lvm` fuzz target: it lets crafted metadata
+/// reach the text parser past the checksums.
+pub fn lvm_image(text: &[u8], len: usize) -> Vec<u8> {
+    use crate::part::lvm::crc;
+    const SEED: u32 = 0xF597_A6CF;
+    // The area grows with the text (the hostile tests need big ones).
+    let mda_size = text.len().saturating_add(1024).next_multiple_of(4096).max(60 * 1024);
+    let mut img = vec![0u8; len.max(mda_size.saturating_add(4096))];
+    let put = |img: &mut Vec<u8>, at: usize, b: &[u8]| {
+        if let Some(d) = img.get_mut(at..at.saturating_add(b.len())) {
+            d.copy_from_slice(b);
+        }
+    };
+    let mda = 4096usize;
+    // PV header at 512 + 32.
+    let mut h = Vec::new();
+    h.extend_from_slice(LVM_PV_UUID.as_bytes());
+    h.extend_from_slice(&u64::try_from(img.len()).unwrap_or(0).to_le_bytes());
+    let mda_size64 = u64::try_from(mda_size).unwrap_or(0);
+    for v in [4096 + mda_size64, 0, 0, 0, 4096, mda_size64, 0, 0] {
+        h.extend_from_slice(&v.to_le_bytes());
+    }
+    put(&mut img, 512 + 32, &h);
+    put(&mut img, 512, b"LABELONE");
+    put(&mut img, 512 + 8, &1u64.to_le_bytes());
+    put(&mut img, 512 + 20, &32u32.to_le_bytes());
+    put(&mut img, 512 + 24, b"LVM2 001");
+    let c = crc(SEED, img.get(512 + 20..1024).unwrap_or_default());
+    put(&mut img, 512 + 16, &c.to_le_bytes());
+    // The text, capped to the ring.
+    let text = text.get(..text.len().min(mda_size - 512)).unwrap_or_default();
+    put(&mut img, mda + 512, text);
+    put(&mut img, mda + 4, b" LVM2 x[5A%r0N*>");
+    put(&mut img, mda + 20, &1u32.to_le_bytes());
+    put(&mut img, mda + 24, &4096u64.to_le_bytes());
+    put(&mut img, mda + 32, &u64::try_from(mda_size).unwrap_or(0).to_le_bytes());
+    put(&mut img, mda + 40, &512u64.to_le_bytes());
+    put(
+        &mut img,
+        mda + 48,
+        &u64::try_from(text.len()).unwrap_or(0).to_le_bytes(),
+    );
+    put(&mut img, mda + 56, &crc(SEED, text).to_le_bytes());
+    let c = crc(SEED, img.get(mda + 4..mda + 512).unwrap_or_default());
+    put(&mut img, mda, &c.to_le_bytes());
+    img
+}
+
+/// The PV uuid [`lvm_image`] writes.
+pub const LVM_PV_UUID: &str = "0123456789abcdefghijABCDEFGHIJkl";
+
+/// LVM2 on a disk image. The first byte picks the mode: even, the rest
+/// is a disk image; odd, the rest is metadata text wrapped by
+/// [`lvm_image`] into a valid PV (so the text and the LV mapping are
+/// reached past the checksums). Then the text grammar on the same bytes,
+/// and the partition scan.
+///
+/// # Panics
+///
+/// If a candidate's ranges leave the disk or do not add up to its length,
+/// a window cannot read its first and last byte, or a cap is exceeded.
+pub fn lvm(data: &[u8]) {
+    use crate::limits::{MAX_LVM_LVS, MAX_LVM_SEGMENTS};
+    use crate::part::lvm;
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let img = if mode & 1 == 1 {
+        let _ = lvm::text::parse(&String::from_utf8_lossy(rest));
+        let _ = lvm::parse_metadata(rest);
+        lvm_image(rest, 256 * 1024)
+    } else {
+        rest.to_vec()
+    };
+    for (s, sec) in (0u64..4).zip(img.chunks_exact(512)) {
+        let _ = lvm::parse_label(sec, s);
+    }
+    let len = BlockSource::len(&img);
+    let src: Rc<dyn BlockSource> = Rc::new(img);
+    let Ok(scan) = part::scan(src.as_ref(), None) else {
+        return;
+    };
+    assert!(scan.candidates.len() <= MAX_PARTITIONS.saturating_add(1).saturating_add(MAX_LVM_LVS));
+    for c in &scan.candidates {
+        let _ = c.to_string();
+        assert!(c.ranges.len() <= MAX_LVM_SEGMENTS, "{} ranges", c.ranges.len());
+        if !c.ranges.is_empty() {
+            let mut sum = 0u64;
+            for &(o, n) in &c.ranges {
+                assert!(
+                    o.checked_add(n).is_some_and(|e| e <= len),
+                    "range {o}+{n} beyond the disk"
+                );
+                sum = sum.checked_add(n).expect("ranges overflow");
+            }
+            assert_eq!(sum, c.len);
+        }
+        let w = c.window(src.clone()).expect("a candidate without a window");
+        assert_eq!(w.len(), c.len);
+        let mut b = [0u8; 1];
+        if c.len > 0 {
+            w.read_exact_at(0, &mut b).expect("first byte");
+            w.read_exact_at(c.len.saturating_sub(1), &mut b).expect("last byte");
+        }
+        assert!(w.read_exact_at(c.len, &mut b).is_err());
+    }
+    for u in &scan.unusable {
+        let s = u.to_string();
+        assert!(!s.contains('\n'), "multi-line diagnostic {s:?}");
     }
 }

@@ -124,3 +124,66 @@ pub const MAX_INSTALLED_FILE: u64 = 64 * 1024;
 /// xendomains starting the next guest) longer than this. `--timeout`
 /// from dom0 is not bound by it.
 pub const MAX_GUEST_MENU_TIMEOUT: u64 = 60;
+
+/// Highest btrfs tree level accepted (the kernel's `BTRFS_MAX_LEVEL` is 8:
+/// levels 0..=7). Every child must sit exactly one level below its parent,
+/// so a node pointing at itself or an ancestor is refused, and a walk is
+/// at most this deep.
+pub const MAX_BTRFS_LEVEL: u8 = 7;
+
+/// Tree nodes one btrfs operation (a lookup, a directory listing, a file's
+/// extent scan) may visit, cached or not: a backstop on the work a crafted
+/// tree can cause (16,384 nodes is 256 MiB of 16 KiB nodes).
+pub const MAX_BTRFS_NODE_VISITS: u32 = 16_384;
+
+/// btrfs tree nodes kept in the node cache (at most 64 KiB each: 32 MiB).
+pub const MAX_BTRFS_CACHED_NODES: usize = 512;
+
+/// Chunks (logical -> physical mappings) accepted from the system chunk
+/// array and the chunk tree together (one per block group: 1 GiB data
+/// chunks make this 64 TiB).
+pub const MAX_BTRFS_CHUNKS: usize = 65_536;
+
+/// Subvolumes examined: found through ROOT_REF items from the top level,
+/// breadth first, the default one included.
+pub const MAX_BTRFS_SUBVOLS: usize = 256;
+
+/// Extent items of one btrfs file (a compressed extent holds at most
+/// 128 KiB of data: 131,072 of them cover a 16 GiB file).
+pub const MAX_BTRFS_FILE_EXTENTS: usize = 131_072;
+
+/// Decompressed size of one compressed btrfs extent: the format's own
+/// maximum (`BTRFS_MAX_UNCOMPRESSED`, 128 KiB), also the cap on the
+/// compressed bytes read for it. Inline extents are far smaller.
+pub const MAX_BTRFS_EXTENT_DECOMPRESSED: u64 = 128 * 1024;
+
+/// Bytes decompressed for one open btrfs file in all (extents shared by
+/// several file ranges are decompressed again when read again): the
+/// largest boot file plus slack.
+pub const MAX_BTRFS_FILE_DECOMPRESSED: u64 = 2 * MAX_BOOT_FILE;
+
+/// Largest LVM2 text metadata read from one physical volume (4 MiB; LVM's
+/// default metadata area is 1 MiB and a VG's text is a few KiB).
+pub const MAX_LVM_METADATA: u64 = 4 * MIB;
+
+/// LVM2 physical volumes (labelled partitions or the whole disk) whose
+/// metadata is read on one disk.
+pub const MAX_LVM_PVS: usize = 32;
+
+/// Volume groups considered on one disk.
+pub const MAX_LVM_VGS: usize = 16;
+
+/// Logical volumes considered on one disk (all volume groups together).
+pub const MAX_LVM_LVS: usize = 1024;
+
+/// Segments of all logical volumes of one volume group together (a
+/// linear LV has one per contiguous run of extents).
+pub const MAX_LVM_SEGMENTS: usize = 4096;
+
+/// How deep `name { … }` sections may nest in LVM2 metadata (real metadata
+/// nests 4 deep: VG, `logical_volumes`, LV, segment).
+pub const MAX_LVM_NESTING: usize = 16;
+
+/// Settings, sections and array elements accepted in one LVM2 metadata
+/// text (a VG with a thousand LVs has ~30,000).
+pub const MAX_LVM_TOKENS: usize = 1 << 18;

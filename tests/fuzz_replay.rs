@@ -16,6 +16,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("bootspec", nixboot::fuzzing::bootspec),
     ("cmdline", nixboot::fuzzing::cmdline),
     ("render", nixboot::fuzzing::render),
+    ("lvm", nixboot::fuzzing::lvm),
     ("entry", nixboot::fuzzing::entry),
 ];
 

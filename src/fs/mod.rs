@@ -30,6 +30,7 @@
     clippy::panic
 )]
 
+pub mod btrfs;
 pub mod ext4;
 pub mod view;
 
@@ -81,8 +82,15 @@ pub type EachEntry<'a> = dyn FnMut(&[u8], Kind, Option<Meta>) -> Result<(), FsEr
 /// Every filesystem tree in `window`, the preferred first. An error when
 /// no filesystem nixboot reads is there ([`FsError::NotAFilesystem`]).
 pub fn probe(window: Window) -> Result<Vec<Rc<dyn FileSystem>>, FsError> {
-    match Ext4Fs::open(window) {
+    match Ext4Fs::open(window.clone()) {
         Ok(fs) => Ok(vec![Rc::new(fs)]),
+        Err(FsError::NotExt4) if btrfs::has_magic(&window) => {
+            let subvols = btrfs::open_subvolumes(window).map_err(|source| FsError::Btrfs {
+                path: "the btrfs filesystem".into(),
+                source,
+            })?;
+            Ok(subvols.into_iter().map(|s| Rc::new(s) as Rc<dyn FileSystem>).collect())
+        }
         Err(FsError::NotExt4) => Err(FsError::NotAFilesystem),
         Err(e) => Err(e),
     }
@@ -93,7 +101,7 @@ pub fn probe(window: Window) -> Result<Vec<Rc<dyn FileSystem>>, FsError> {
 #[non_exhaustive]
 pub enum FsError {
     /// Neither ext4 nor another filesystem nixboot reads.
-    #[error("no filesystem nixboot reads (ext2/3/4)")]
+    #[error("no filesystem nixboot reads (ext2/3/4, btrfs)")]
     NotAFilesystem,
     /// Not an ext2/3/4 filesystem.
     #[error("no ext4 superblock")]
@@ -175,6 +183,15 @@ pub enum FsError {
         /// The reader's error.
         #[source]
         source: RawError,
+    },
+    /// The btrfs reader refused a structure (or the whole filesystem).
+    #[error("cannot read {path}: {source}")]
+    Btrfs {
+        /// The path.
+        path: String,
+        /// The reader's error.
+        #[source]
+        source: btrfs::BtrfsError,
     },
     /// An I/O error while streaming a file.
     #[error("cannot read {path}: {source}")]

@@ -129,6 +129,7 @@ pub fn parse_entries(array: &[u8], h: &Header, disk_len: u64) -> Result<Vec<Cand
                 source: Source::Gpt { number: i },
                 offset,
                 len,
+                ranges: Vec::new(),
             }),
             Some(_) => break,
             None => log::warn!("GPT partition {i} lies outside the disk; skipped"),
@@ -223,7 +224,8 @@ pub(crate) mod tests {
             Candidate {
                 source: Source::Gpt { number: 2 },
                 offset: 50 * 512,
-                len: 50 * 512
+                len: 50 * 512,
+                ranges: Vec::new(),
             }
         );
     }

@@ -101,6 +101,7 @@ pub fn partitions(src: &dyn BlockSource, primaries: &[(u32, Entry)]) -> Vec<Cand
                 source: Source::Mbr { number, sys: e.sys },
                 offset,
                 len,
+                ranges: Vec::new(),
             }),
             None => log::warn!("MBR partition {number} lies outside the disk; skipped"),
         }
@@ -144,6 +145,7 @@ fn walk_extended(src: &dyn BlockSource, ext: Entry, out: &mut Vec<Candidate>) {
                     },
                     offset,
                     len,
+                    ranges: Vec::new(),
                 }),
                 Some(_) => return,
                 None => log::warn!("logical partition {number} lies outside the disk; skipped"),
@@ -199,17 +201,20 @@ pub(crate) mod tests {
                 Candidate {
                     source: Source::Mbr { number: 1, sys: 0x0c },
                     offset: 5120,
-                    len: 10240
+                    len: 10240,
+                    ranges: Vec::new(),
                 },
                 Candidate {
                     source: Source::Mbr { number: 5, sys: 0x83 },
                     offset: 102 * 512,
-                    len: 50 * 512
+                    len: 50 * 512,
+                    ranges: Vec::new(),
                 },
                 Candidate {
                     source: Source::Mbr { number: 6, sys: 0x83 },
                     offset: 201 * 512,
-                    len: 10 * 512
+                    len: 10 * 512,
+                    ranges: Vec::new(),
                 },
             ]
         );

@@ -19,11 +19,13 @@
 )]
 
 pub mod gpt;
+pub mod lvm;
 pub mod mbr;
 
 use std::fmt;
+use std::rc::Rc;
 
-use crate::disk::BlockSource;
+use crate::disk::{BlockSource, Window};
 
 /// Logical sector size assumed for partition tables (what Xen PV disks use).
 pub const SECTOR: u64 = 512;
@@ -80,17 +82,43 @@ pub enum Source {
     },
     /// A range forced with `--offset`.
     Offset,
+    /// An LVM2 logical volume (see [`lvm`]).
+    Lvm {
+        /// Volume group name (LVM's name characters only).
+        vg: String,
+        /// Logical volume name (LVM's name characters only).
+        lv: String,
+        /// The physical volume that holds its first extent.
+        on: Box<Source>,
+    },
 }
 
-/// A byte range of the disk that may hold the filesystem to boot.
+/// A byte range of the disk (or, for an LVM logical volume, a list of
+/// them) that may hold the filesystem to boot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Candidate {
     /// Where it came from.
     pub source: Source,
-    /// Byte offset of the range.
+    /// Byte offset of the range (of its first range, for an LV).
     pub offset: u64,
-    /// Length in bytes.
+    /// Length in bytes (all ranges together, for an LV).
     pub len: u64,
+    /// An LV's disk ranges `(offset, len)` in logical order, at most
+    /// [`crate::limits::MAX_LVM_SEGMENTS`]; empty for one contiguous range
+    /// `[offset, offset + len)`.
+    pub ranges: Vec<(u64, u64)>,
+}
+
+impl Candidate {
+    /// The window this candidate reads through; `None` if any of its
+    /// ranges does not lie on `src`.
+    pub fn window(&self, src: Rc<dyn BlockSource>) -> Option<Window> {
+        if self.ranges.is_empty() {
+            Window::new(src, self.offset, self.len)
+        } else {
+            Window::from_ranges(src, &self.ranges)
+        }
+    }
 }
 
 impl fmt::Display for Candidate {
@@ -102,6 +130,11 @@ impl fmt::Display for Candidate {
             }
             Source::Gpt { number } => write!(f, "GPT partition {number} (offset {})", self.offset),
             Source::Offset => write!(f, "offset {}", self.offset),
+            Source::Lvm { vg, lv, on } => {
+                // Names hold LVM's name characters only (checked in `lvm`).
+                let on = lvm::place_name(on);
+                write!(f, "LVM logical volume {vg}/{lv} (on {on})")
+            }
         }
     }
 }
@@ -127,24 +160,73 @@ pub fn has_ext_magic(src: &dyn BlockSource, offset: u64) -> bool {
         && m == [0x53, 0xEF]
 }
 
+/// What a disk offers: the ranges to try, in order, and the volumes
+/// found but not usable (for the diagnostics).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scan {
+    /// The candidates, in the order they are tried.
+    pub candidates: Vec<Candidate>,
+    /// LVM volumes that cannot be read, with the reason.
+    pub unusable: Vec<lvm::Unusable>,
+}
+
 /// The ranges to try, in order. With `forced_offset` only that one.
+/// (The volumes [`scan`] finds unusable are dropped.)
+pub fn candidates(src: &dyn BlockSource, forced_offset: Option<u64>) -> Result<Vec<Candidate>, PartError> {
+    Ok(scan(src, forced_offset)?.candidates)
+}
+
+/// The ranges to try, in order, and the unusable volumes. With
+/// `forced_offset` only that one.
 ///
 /// Order: a bare filesystem first (its superblock magic at byte 1080 means
 /// there is no partition table before it), then GPT partitions if the MBR
-/// is protective, otherwise MBR primaries and logical partitions.
-pub fn candidates(src: &dyn BlockSource, forced_offset: Option<u64>) -> Result<Vec<Candidate>, PartError> {
+/// is protective, otherwise MBR primaries and logical partitions. The
+/// whole disk and every partition that carries an LVM2 label (whatever
+/// its type: 0x8e, [`lvm::GPT_TYPE`] or another) is replaced by the
+/// linear logical volumes of its volume group, in its place.
+pub fn scan(src: &dyn BlockSource, forced_offset: Option<u64>) -> Result<Scan, PartError> {
     let disk_len = src.len();
     if let Some(offset) = forced_offset {
         let len = disk_len
             .checked_sub(offset)
             .filter(|l| *l > 0)
             .ok_or(PartError::OffsetOutside { offset, disk_len })?;
-        return Ok(vec![Candidate {
-            source: Source::Offset,
-            offset,
-            len,
-        }]);
+        return Ok(Scan {
+            candidates: vec![Candidate {
+                source: Source::Offset,
+                offset,
+                len,
+                ranges: Vec::new(),
+            }],
+            unusable: Vec::new(),
+        });
     }
+    let plain = tables(src)?;
+    // The whole disk goes first as a possible PV (`pvcreate /dev/xvda`).
+    let bare = plain.first().is_some_and(|c| c.source == Source::Bare);
+    let mut places = plain;
+    if !bare {
+        places.insert(
+            0,
+            Candidate {
+                source: Source::Bare,
+                offset: 0,
+                len: disk_len,
+                ranges: Vec::new(),
+            },
+        );
+    }
+    let (candidates, unusable) = lvm::expand(src, places, !bare);
+    for u in &unusable {
+        log::info!("{u}");
+    }
+    Ok(Scan { candidates, unusable })
+}
+
+/// The bare filesystem and the partitions of the tables.
+fn tables(src: &dyn BlockSource) -> Result<Vec<Candidate>, PartError> {
+    let disk_len = src.len();
     if disk_len < SECTOR {
         return Err(PartError::TooSmall(disk_len));
     }
@@ -154,6 +236,7 @@ pub fn candidates(src: &dyn BlockSource, forced_offset: Option<u64>) -> Result<V
             source: Source::Bare,
             offset: 0,
             len: disk_len,
+            ranges: Vec::new(),
         });
     }
     let sector0 = read_vec(src, 0, 512)?;
@@ -198,7 +281,8 @@ mod tests {
             vec![Candidate {
                 source: Source::Offset,
                 offset: 1024,
-                len: 3072
+                len: 3072,
+                ranges: Vec::new(),
             }]
         );
     }
@@ -219,7 +303,8 @@ mod tests {
             vec![Candidate {
                 source: Source::Bare,
                 offset: 0,
-                len: 8192
+                len: 8192,
+                ranges: Vec::new(),
             }]
         );
     }

@@ -259,7 +259,7 @@ fn offset_option() {
     libxl()
         .bootloader_args(&["--offset=512"])
         .run(&img.path)
-        .expect_guest_error(&["(offset 512: not ext4)"]);
+        .expect_guest_error(&["(offset 512: no ext4 or btrfs filesystem)"]);
     let len = fs::metadata(&img.path).unwrap().len();
     let far = format!("--offset={}", len + 1);
     let ran = libxl().bootloader_args(&[&far]).run(&img.path);

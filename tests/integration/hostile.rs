@@ -665,3 +665,49 @@ fn escape_sequences_from_the_guest_never_reach_the_console() {
     assert_eq!(ran.status.code(), Some(0), "{}", ran.console);
     common::assert_console_safe(&ran);
 }
+
+/// LVM2 metadata that claims millions of segments, nests a million
+/// sections deep, or claims a terabyte of text (checksums right, so the
+/// parser meets it): each a one-line guest-disk error naming the cap, fast,
+/// under the cap. The PVs are crafted (`nixboot::fuzzing::lvm_image`): no
+/// LVM tool writes such metadata.
+#[test]
+fn hostile_lvm_metadata() {
+    if !prlimit() {
+        return;
+    }
+    use nixboot::fuzzing::lvm_image;
+    use nixboot::part::lvm::crc;
+    let segs = "vg0 {\nid = \"x\"\nseqno = 1\nextent_size = 8\nphysical_volumes {\npv0 {\n\
+                id = \"0123456789abcdefghijABCDEFGHIJkl\"\npe_start = 128\npe_count = 8\n}\n}\n\
+                logical_volumes {\nroot {\nstatus = [\"VISIBLE\"]\nsegment_count = 9000000\n}\n}\n}\n";
+    let bomb = "a {".repeat(1 << 20);
+    let mut huge = lvm_image(segs.as_bytes(), 1 << 20);
+    huge[4096 + 48..4096 + 56].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let c = crc(0xF597_A6CF, &huge[4096 + 4..4096 + 512]);
+    huge[4096..4100].copy_from_slice(&c.to_le_bytes());
+    let dir = crate::common::tempdir("nixboot-lvm-hostile.");
+    let (pv, lv) = (
+        "LVM physical volume on whole disk",
+        "LVM logical volume vg0/root (on whole disk)",
+    );
+    for (name, img, what, want) in [
+        (
+            "segments",
+            lvm_image(segs.as_bytes(), 1 << 20),
+            lv,
+            "more than 4096 segments",
+        ),
+        (
+            "nesting",
+            lvm_image(bomb.as_bytes(), 1 << 20),
+            pv,
+            "nest deeper than 16",
+        ),
+        ("huge", huge, pv, "exceeds the 4194304-byte limit"),
+    ] {
+        let disk = dir.path().join(name);
+        fs::write(&disk, img).unwrap();
+        run_capped(libxl(), &disk).expect_guest_error(&[what, want]);
+    }
+}

@@ -11,16 +11,21 @@
 //! * `xen_modes`: PV and PVH kernels, `--domain-type`, `--unpack-kernel`.
 //! * `nix_partition`: `/nix` on its own filesystem (impermanence, tmpfs
 //!   roots): the guest's `/nix` paths map into it.
+//! * `lvm`: guests on LVM2 logical volumes made by the real LVM tools on
+//!   loop devices (as root): linear in two segments boots; striped, thin
+//!   and thin-pool LVs are named errors.
 //! * `hostile`: crafted images under an address-space cap: a clear error
 //!   or a safe result, quickly, never a crash, the image unchanged.
 
 #![allow(unreachable_pub, reason = "helpers are shared between this binary's modules")]
 
 mod boot;
+mod btrfs;
 mod cli_compat;
 mod common;
 mod generations;
 mod hostile;
+mod lvm;
 mod nix_partition;
 mod profiles;
 mod readers;

@@ -620,7 +620,6 @@ impl FileSystem for Ext4Fs {
             Err(e) => return Err(Self::raw_err(p, e)),
         };
         let bs = raw.geometry().block_size;
-        let base = self.window.offset();
         let mut runs: Vec<Run> = Vec::new();
         let mut push = |disk_offset: Option<u64>, n: u64| {
             if n == 0 {
@@ -644,8 +643,20 @@ impl FileSystem for Ext4Fs {
             let start = e.logical.saturating_mul(bs).min(len);
             push(None, start.saturating_sub(pos));
             let end = e.logical.saturating_add(e.len).saturating_mul(bs).min(len);
-            let at = e.physical.saturating_mul(bs).saturating_add(base);
-            push((!e.unwritten).then_some(at), end.saturating_sub(start));
+            let n = end.saturating_sub(start);
+            if e.unwritten {
+                push(None, n);
+            } else {
+                // Window bytes to disk ranges: an LVM volume's extents
+                // need not be contiguous on the disk.
+                let at = e.physical.saturating_mul(bs);
+                self.window
+                    .disk_ranges(at, n, |disk, k| push(Some(disk), k))
+                    .map_err(|source| FsError::Io {
+                        path: escape(&p),
+                        source,
+                    })?;
+            }
             pos = end;
         }
         push(None, len.saturating_sub(pos));
